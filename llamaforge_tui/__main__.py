@@ -1,0 +1,3 @@
+from llamaforge_tui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The ``llamaforge`` command. No arguments opens the TUI; subcommands run headless.
+
+The contract (names, options, JSON shapes) is ``shared/CLI.md``. Each subcommand lives in
+``llamaforge_tui/commands/<module>.py`` and exposes ``register(subparsers)``, which adds its
+parser(s) and sets ``func(args) -> int``. Errors the user can act on are ``LlamaForgeError`` and print
+as one line; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from llamaforge_tui import __version__
+from llamaforge_tui.core.errors import LlamaForgeError
+
+# Order here is the order in `llamaforge --help`.
+COMMAND_MODULES = ("models", "cache", "data", "inspect", "train", "monitor", "export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llamaforge",
+        description="Fine-tune the models you run in Ollama. With no command, opens the terminal UI.",
+    )
+    parser.add_argument("--version", action="version", version=f"llamaforge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--models-dir", action="append", default=None, metavar="DIR",
+                        help="Ollama models folder (repeatable); overrides the default roots")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR", help="Hugging Face hub cache folder")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"llamaforge_tui.commands.{name}")
+        module.register(subparsers)
+    # The global options are also accepted after the subcommand (`llamaforge models --models-dir D`).
+    for sub in subparsers.choices.values():
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--models-dir", action="append", default=argparse.SUPPRESS, metavar="DIR",
+                         help="Ollama models folder (repeatable); overrides the default roots")
+        sub.add_argument("--cache-dir", default=argparse.SUPPRESS, metavar="DIR", help="Hugging Face hub cache folder")
+    return parser
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.debug)
+    try:
+        if args.command is None:
+            from llamaforge_tui.commands.tui import open_tui
+
+            return open_tui(args)
+        return int(args.func(args) or 0)
+    except LlamaForgeError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `llamaforge models | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

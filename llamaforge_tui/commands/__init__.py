@@ -1,0 +1,1 @@
+"""Headless subcommands. Each module exposes ``register(subparsers)``; cli.py wires them up."""

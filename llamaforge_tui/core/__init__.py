@@ -1,0 +1,1 @@
+"""UI-free core: never imports textual, rich or llamaforge_tui.tui; torch/transformers only inside functions."""

@@ -1,0 +1,99 @@
+"""The Textual application shell: four panes in tabs, global bindings, command palette entries.
+
+The app is built by ``make_app(settings, services)``: the CLI passes real settings and services, tests
+pass fakes. Panes read shared state from the app's reactives (attributes go down) and report
+selections with messages (messages go up); see ``on_models_pane_model_selected`` and friends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Header, TabbedContent, TabPane
+
+from llamaforge_tui.core.settings import Settings
+from llamaforge_tui.tui.widgets.cache_pane import CachePane
+from llamaforge_tui.tui.widgets.dataset_pane import DatasetPane
+from llamaforge_tui.tui.widgets.models_pane import ModelsPane
+from llamaforge_tui.tui.widgets.train_pane import TrainPane
+
+PANES: tuple[tuple[str, str, str], ...] = (
+    # (tab id, title, key)
+    ("models", "Models", "1"),
+    ("cache", "HF cache", "2"),
+    ("dataset", "Dataset", "3"),
+    ("train", "Train", "4"),
+)
+
+
+@dataclass
+class Services:
+    """Things the app talks to that tests replace with fakes.
+
+    ``gpu_sampler``: a callable returning GPU samples (``core.system``); ``None`` means the real NVML one.
+    ``extra``: room for pane-specific services without widening the factory's signature.
+    """
+
+    gpu_sampler: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LlamaForgeApp(App[int]):
+    TITLE = "LlamaForge"
+    SUB_TITLE = "fine-tune your Ollama models"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        *(Binding(key, f"show_pane('{pane_id}')", title, id=f"app.pane.{pane_id}") for pane_id, title, key in PANES),
+        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True, id="app.quit_ctrl"),
+    ]
+
+    # Shared selections: set from pane messages, watched by other panes.
+    selected_model: reactive[Any] = reactive(None, always_update=True)  # core.ollama.OllamaModel | None
+    selected_dataset: reactive[str | None] = reactive(None)  # dataset path
+
+    def __init__(self, settings: Settings, services: Services | None = None, *, monitor_run: str | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.services = services or Services()
+        self.monitor_run = monitor_run
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(initial="train" if self.monitor_run else "models", id="panes"):
+            with TabPane("Models [1]", id="models"):
+                yield ModelsPane(id="models-pane")
+            with TabPane("HF cache [2]", id="cache"):
+                yield CachePane(id="cache-pane")
+            with TabPane("Dataset [3]", id="dataset"):
+                yield DatasetPane(id="dataset-pane")
+            with TabPane("Train [4]", id="train"):
+                yield TrainPane(id="train-pane", monitor_run=self.monitor_run)
+        yield Footer()
+
+    def action_show_pane(self, pane_id: str) -> None:
+        self.query_one("#panes", TabbedContent).active = pane_id
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for pane_id, title, key in PANES:
+            yield SystemCommand(f"Go to {title}", f"Show the {title} pane (key {key})",
+                                lambda pane_id=pane_id: self.action_show_pane(pane_id))
+
+    # Messages up, attributes down.
+    def on_models_pane_model_selected(self, message: ModelsPane.ModelSelected) -> None:
+        self.selected_model = message.model
+
+    def on_dataset_pane_dataset_selected(self, message: DatasetPane.DatasetSelected) -> None:
+        self.selected_dataset = message.path
+
+
+def make_app(settings: Settings, services: Services | None = None, *, monitor_run: str | Path | None = None) -> LlamaForgeApp:
+    return LlamaForgeApp(settings, services, monitor_run=str(monitor_run) if monitor_run else None)
