@@ -1,0 +1,261 @@
+"""Frozen layers that keep GGUF blocks as raw bytes and dequantize on the fly (QLoRA-style training on GGUF).
+
+A 7B Q4_K_M model is 4.4 GB as GGUF but 28 GB in fp32. These modules hold each weight as the GGUF's own bytes
+(``qweight``: uint8, one row of blocks per output row) and dequantize only what a forward or backward pass needs,
+dropping it right after: the base stays frozen, so backward needs the *input* gradient only (``grad_x = grad_y @ W``)
+and never a weight gradient or a saved dequantized weight.
+
+``QuantLinear`` and ``QuantEmbedding`` subclass ``nn.Linear``/``nn.Embedding`` (with ``weight = None``) so that peft's
+standard LoRA layers wrap them unchanged and the saved adapter is an ordinary peft adapter; peft finds ``qweight``
+(like GPTQ's) to place the adapter on the right device and leaves the adapter dtype alone because it is not float.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gguf import GGMLQuantizationType
+
+from llamaforge_tui.core import quants
+from llamaforge_tui.core.errors import GgufError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# Dequantize at most this many weight values at once in a linear layer (64 MiB of fp32): small layers go in one
+# piece, a 262k-row output head goes in ~11 pieces.
+DEFAULT_CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunk_rows(out_features: int, in_features: int, chunk_elements: int) -> int:
+    return max(1, min(out_features, chunk_elements // max(1, in_features)))
+
+
+def quant_matmul(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    qtype: GGMLQuantizationType,
+    in_features: int,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """``x @ W.T`` for a quantized ``W`` (out, in), without a weight gradient; differentiable in ``x``."""
+    return _QuantMatmul.apply(x, qweight, qtype, in_features, chunk_elements)
+
+
+def _make_quant_matmul() -> type:
+    import torch
+
+    class QuantMatmulFunction(torch.autograd.Function):
+        """Dequantize-on-the-fly matmul. Saves only the (already resident) raw bytes for backward."""
+
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, qweight: torch.Tensor, qtype: Any, in_features: int, chunk: int) -> Any:
+            ctx.save_for_backward(qweight)
+            ctx.qtype, ctx.in_features, ctx.chunk = qtype, in_features, chunk
+            out_features = qweight.shape[0]
+            step = _chunk_rows(out_features, in_features, chunk)
+            if step >= out_features:
+                w = quants.dequantize_rows(qweight, qtype, in_features, x.dtype)
+                return x @ w.t()
+            y = x.new_empty((*x.shape[:-1], out_features))
+            for start in range(0, out_features, step):
+                w = quants.dequantize_rows(qweight[start : start + step], qtype, in_features, x.dtype)
+                y[..., start : start + w.shape[0]] = x @ w.t()
+            return y
+
+        @staticmethod
+        def backward(ctx: Any, grad_y: torch.Tensor) -> Any:
+            if not ctx.needs_input_grad[0]:
+                return None, None, None, None, None
+            (qweight,) = ctx.saved_tensors
+            out_features = qweight.shape[0]
+            step = _chunk_rows(out_features, ctx.in_features, ctx.chunk)
+            grad_x = None
+            for start in range(0, out_features, step):
+                w = quants.dequantize_rows(qweight[start : start + step], ctx.qtype, ctx.in_features, grad_y.dtype)
+                part = grad_y[..., start : start + w.shape[0]] @ w
+                grad_x = part if grad_x is None else grad_x.add_(part)
+            return grad_x, None, None, None, None
+
+    return QuantMatmulFunction
+
+
+class _LazyFunction:
+    """Build the autograd.Function class on first use, so importing this module does not import torch."""
+
+    _cls: Any = None
+
+    def apply(self, *args: Any) -> Any:
+        if _LazyFunction._cls is None:
+            _LazyFunction._cls = _make_quant_matmul()
+        return _LazyFunction._cls.apply(*args)
+
+
+_QuantMatmul = _LazyFunction()
+
+
+def _module_classes() -> tuple[type, type]:
+    """Define the nn.Module subclasses lazily (torch is imported only inside functions in core/)."""
+    global _CLASSES
+    if _CLASSES is not None:
+        return _CLASSES
+    import torch
+    from torch import nn
+
+    class QuantLinear(nn.Linear):
+        """A frozen linear layer whose weight stays in GGUF blocks (``qweight``: uint8 (out_features, row_bytes))."""
+
+        def __init__(
+            self,
+            qweight: torch.Tensor,
+            qtype: GGMLQuantizationType | int | str,
+            in_features: int,
+            bias: torch.Tensor | None = None,
+            chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        ) -> None:
+            nn.Module.__init__(self)
+            self.qtype = quants.quant_type(qtype)
+            expected = quants.row_nbytes(self.qtype, in_features)
+            if qweight.dim() != 2 or qweight.dtype != torch.uint8 or qweight.shape[1] != expected:
+                raise GgufError(
+                    f"{self.qtype.name} weight for {in_features} inputs must be uint8 (rows, {expected}), "
+                    f"got {qweight.dtype} {tuple(qweight.shape)}"
+                )
+            self.in_features = int(in_features)
+            self.out_features = int(qweight.shape[0])
+            self.chunk_elements = int(chunk_elements)
+            self.register_parameter("weight", None)
+            self.register_buffer("qweight", qweight, persistent=False)
+            if bias is not None:
+                self.bias = nn.Parameter(bias, requires_grad=False)
+            else:
+                self.register_parameter("bias", None)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = _QuantMatmul.apply(x, self.qweight, self.qtype, self.in_features, self.chunk_elements)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
+
+        def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+            """The full weight (for tests, merging and export); allocates out_features x in_features."""
+            return quants.dequantize_rows(self.qweight, self.qtype, self.in_features, dtype)
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype.name}"
+
+    class QuantEmbedding(nn.Embedding):
+        """A frozen embedding whose table stays in GGUF blocks; a lookup dequantizes only the gathered rows.
+
+        ``embed_scale`` reproduces scaled embeddings (Gemma multiplies by sqrt(hidden) inside the module).
+        """
+
+        def __init__(
+            self,
+            qweight: torch.Tensor,
+            qtype: GGMLQuantizationType | int | str,
+            embedding_dim: int,
+            padding_idx: int | None = None,
+            compute_dtype: torch.dtype = torch.float32,
+            embed_scale: float | torch.Tensor | None = None,
+        ) -> None:
+            nn.Module.__init__(self)
+            self.qtype = quants.quant_type(qtype)
+            expected = quants.row_nbytes(self.qtype, embedding_dim)
+            if qweight.dim() != 2 or qweight.dtype != torch.uint8 or qweight.shape[1] != expected:
+                raise GgufError(
+                    f"{self.qtype.name} embedding of width {embedding_dim} must be uint8 (rows, {expected}), "
+                    f"got {qweight.dtype} {tuple(qweight.shape)}"
+                )
+            self.num_embeddings = int(qweight.shape[0])
+            self.embedding_dim = int(embedding_dim)
+            self.padding_idx = padding_idx
+            self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse = None, 2.0, False, False
+            self.compute_dtype = compute_dtype
+            self.register_parameter("weight", None)
+            self.register_buffer("qweight", qweight, persistent=False)
+            if embed_scale is None:
+                self.embed_scale = None
+            else:
+                scale = torch.as_tensor(embed_scale, dtype=torch.float32, device=qweight.device)
+                self.register_buffer("embed_scale", scale, persistent=False)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            flat = input_ids.reshape(-1)
+            rows = quants.dequantize_rows(self.qweight[flat], self.qtype, self.embedding_dim, self.compute_dtype)
+            out = rows.reshape(*input_ids.shape, self.embedding_dim)
+            if self.embed_scale is not None:
+                out = out * self.embed_scale.to(out.dtype)
+            return out
+
+        def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+            return quants.dequantize_rows(self.qweight, self.qtype, self.embedding_dim, dtype)
+
+        def extra_repr(self) -> str:
+            return f"{self.num_embeddings}, {self.embedding_dim}, qtype={self.qtype.name}"
+
+    for cls in (QuantLinear, QuantEmbedding):
+        cls.__qualname__ = cls.__name__
+    _CLASSES = (QuantLinear, QuantEmbedding)
+    return _CLASSES
+
+
+_CLASSES: tuple[type, type] | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``QuantLinear``/``QuantEmbedding`` are real classes, created on first access (PEP 562) so that importing
+    this module stays free of torch; ``from llamaforge_tui.core.quantized import QuantLinear`` works as usual."""
+    if name == "QuantLinear":
+        return _module_classes()[0]
+    if name == "QuantEmbedding":
+        return _module_classes()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_quantized_module(module: Any) -> bool:
+    return isinstance(module, _module_classes())
+
+
+def permute_rows(qweight: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Reorder whole rows of raw blocks: exact, because GGUF blocks never cross a row (llama's q/k un-permute)."""
+    import torch
+
+    return qweight.index_select(0, perm.to(device=qweight.device, dtype=torch.long))
+
+
+def base_weight_bytes(model: nn.Module) -> int:
+    """Bytes of the frozen base held in memory: quantized buffers (shared ones once) plus frozen parameters.
+
+    LoRA/trainable parameters are not counted; this is what the ``<= 1.15x the GGUF`` memory promise is about.
+    """
+    seen: set[tuple[Any, int]] = set()
+    total = 0
+    for module in model.modules():
+        tensors = []
+        if is_quantized_module(module):
+            tensors.append(module.qweight)
+        tensors.extend(p for p in module.parameters(recurse=False) if not p.requires_grad)
+        for t in tensors:
+            key = (t.device, t.untyped_storage().data_ptr())
+            if key in seen:
+                continue
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def logical_parameter_count(model: nn.Module) -> int:
+    """Parameter count as if every quantized weight were a normal parameter (for descriptions and the UI)."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if is_quantized_module(module) and id(module.qweight) not in seen:
+            seen.add(id(module.qweight))
+            rows, _ = module.qweight.shape
+            width = module.in_features if hasattr(module, "in_features") else module.embedding_dim
+            total += rows * width
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
