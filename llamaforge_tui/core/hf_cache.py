@@ -4,129 +4,45 @@ Everything goes through ``huggingface_hub`` (``scan_cache_dir`` and its ``Delete
 module never writes into the cache itself. Reads are tolerant: a repo that ``scan_cache_dir`` rejects
 (dangling symlink, missing snapshots folder, unreadable folder) is still listed, marked ``corrupt`` with
 the reason, so the user sees what is wrong instead of a crash or a silently missing row.
-
-``huggingface_hub.constants`` freezes ``HF_HUB_CACHE`` at import time, so the cache folder is resolved
-here from the environment at call time (``resolve_cache_dir``): tests and users who change ``HF_HOME``
-after start-up still get the right folder.
+The cache folder is resolved at call time (see ``hf_cache_layout.resolve_cache_dir``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from llamaforge_tui.core.errors import LlamaForgeError
+from llamaforge_tui.core.hf_cache_layout import (
+    SAFETENSORS_INDEX,
+    TYPE_FROM_PREFIX,
+    CacheError,
+    Completeness,
+    blobs_size,
+    cache_dir_from_settings,
+    check_snapshot,
+    mtime,
+    parse_repo_ref,
+    read_refs,
+    repo_folder,
+    resolve_cache_dir,
+)
+
+if TYPE_CHECKING:
+    from llamaforge_tui.core.hf_download import DownloadProgress
+
+__all__ = [
+    "SAFETENSORS_INDEX", "CacheError", "CacheScan", "CacheState", "Completeness", "DeletionPlan", "RepoCacheStatus",
+    "RepoEntry", "RevisionEntry", "cache_dir_from_settings", "check_snapshot", "delete_revisions", "download_repo",
+    "parse_repo_ref", "plan_deletion", "repo_cache_status", "repo_folder", "resolve_cache_dir", "scan_cache",
+]
 
 log = logging.getLogger(__name__)
 
 CacheState = Literal["cached", "partial", "missing"]
-
-_REPO_TYPE_PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
-# Any one of these makes a tokenizer usable (fast tokenizer, sentencepiece, or BPE vocab + merges).
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-_BPE_FILES = ("vocab.json", "merges.txt")
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-
-
-class CacheError(LlamaForgeError):
-    """The HF cache cannot be read, or a cache operation was asked for something that is not there."""
-
-
-def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """The hub cache folder: the explicit one, else ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else the default.
-
-    Resolved from ``os.environ`` on every call (``huggingface_hub.constants`` is frozen at import).
-    """
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ
-    if value := env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
-        return Path(os.path.expandvars(value)).expanduser()
-    if value := env.get("HF_HOME"):
-        return Path(os.path.expandvars(value)).expanduser() / "hub"
-    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
-def cache_dir_from_settings(settings: Any) -> Path:
-    """``settings.hf_cache_dir`` (the ``--cache-dir`` option) or the environment's cache folder."""
-    return resolve_cache_dir(getattr(settings, "hf_cache_dir", "") or None)
-
-
-def repo_folder(repo_id: str, repo_type: str = "model", cache_dir: str | Path | None = None) -> Path:
-    """``<cache>/models--org--name``: the folder huggingface_hub uses for a repo."""
-    prefix = _REPO_TYPE_PREFIX.get(repo_type)
-    if prefix is None:
-        raise CacheError(f"unknown repo type {repo_type!r}; expected one of {', '.join(_REPO_TYPE_PREFIX)}")
-    return resolve_cache_dir(cache_dir) / f"{prefix}--{repo_id.replace('/', '--')}"
-
-
-def parse_repo_ref(text: str) -> tuple[str, str | None]:
-    """``"org/name@rev"`` -> ``("org/name", "rev")``; ``"hf:org/name"`` is accepted too."""
-    text = text.strip()
-    if text.startswith("hf:"):
-        text = text[3:]
-    repo_id, _, revision = text.partition("@")
-    parts = repo_id.split("/")
-    if len(parts) > 2 or not all(parts) or any(p in (".", "..") or " " in p for p in parts):
-        raise CacheError(f"not a Hugging Face repo id: {text!r} (expected ORG/NAME or ORG/NAME@REVISION)")
-    return repo_id, (revision or None)
-
-
-# --------------------------------------------------------------------------------------------------
-# Completeness of one snapshot folder
-
-
-@dataclass(frozen=True)
-class Completeness:
-    """Whether a snapshot can be trained from: config, tokenizer and every safetensors shard present."""
-
-    complete: bool
-    missing: tuple[str, ...] = ()
-
-
-def _present(snapshot: Path, name: str) -> bool:
-    """A file counts when it resolves to a real blob (a dangling symlink does not)."""
-    path = snapshot / name
-    try:
-        return path.is_file()
-    except OSError:
-        return False
-
-
-def check_snapshot(snapshot: Path) -> Completeness:
-    """Check a ``snapshots/<commit>`` folder for what training needs."""
-    missing: list[str] = []
-    if not _present(snapshot, "config.json"):
-        missing.append("config.json")
-    has_tokenizer = any(_present(snapshot, n) for n in _TOKENIZER_FILES) or all(
-        _present(snapshot, n) for n in _BPE_FILES
-    )
-    if not has_tokenizer:
-        missing.append("tokenizer (tokenizer.json, tokenizer.model or vocab.json+merges.txt)")
-    if _present(snapshot, SAFETENSORS_INDEX):
-        try:
-            index = json.loads((snapshot / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
-            shards = sorted(set(index.get("weight_map", {}).values()))
-        except (OSError, ValueError, AttributeError) as exc:
-            missing.append(f"{SAFETENSORS_INDEX} (unreadable: {exc})")
-        else:
-            if not shards:
-                missing.append(f"shards ({SAFETENSORS_INDEX} lists none)")
-            missing.extend(s for s in shards if not _present(snapshot, s))
-    elif not _present(snapshot, "model.safetensors"):
-        missing.append("model.safetensors")
-    return Completeness(not missing, tuple(_label(snapshot, m) for m in missing))
-
-
-def _label(snapshot: Path, name: str) -> str:
-    """Say so when a missing file is a dangling symlink (its blob was removed behind the cache's back)."""
-    return f"{name} (broken link)" if (snapshot / name).is_symlink() else name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,38 +61,6 @@ class RepoCacheStatus:
     snapshot_path: Path | None = None
 
 
-def _read_refs(repo_path: Path) -> dict[str, str]:
-    """``{ref name: commit}`` from ``refs/``; unreadable refs are skipped."""
-    refs: dict[str, str] = {}
-    refs_dir = repo_path / "refs"
-    try:
-        entries = [p for p in refs_dir.glob("**/*") if p.is_file()]
-    except OSError:
-        return refs
-    for path in entries:
-        try:
-            refs[path.relative_to(refs_dir).as_posix()] = path.read_text(encoding="utf-8").strip()
-        except OSError:
-            continue
-    return refs
-
-
-def _blobs_size(repo_path: Path) -> int:
-    """Bytes in ``blobs/`` (complete blobs only; ``.incomplete`` partial downloads are not counted)."""
-    total = 0
-    try:
-        for entry in os.scandir(repo_path / "blobs"):
-            if entry.name.endswith(".incomplete"):
-                continue
-            try:
-                total += entry.stat(follow_symlinks=True).st_size
-            except OSError:
-                continue
-    except OSError:
-        return 0
-    return total
-
-
 def repo_cache_status(repo_id: str, cache_dir: str | Path | None = None, *, revision: str | None = None) -> RepoCacheStatus:
     """Is ``repo_id`` in the cache, and complete enough to train from?
 
@@ -187,13 +71,13 @@ def repo_cache_status(repo_id: str, cache_dir: str | Path | None = None, *, revi
     path = repo_folder(repo_id, "model", cache_dir)
     snapshots_dir = path / "snapshots"
     try:
-        snapshots = sorted((p for p in snapshots_dir.iterdir() if p.is_dir()), key=_mtime, reverse=True)
+        snapshots = sorted((p for p in snapshots_dir.iterdir() if p.is_dir()), key=mtime, reverse=True)
     except OSError:
         snapshots = []
     if not snapshots:
-        return RepoCacheStatus("missing", _blobs_size(path) if path.exists() else 0, None)
-    refs = _read_refs(path)
-    size = _blobs_size(path)
+        return RepoCacheStatus("missing", blobs_size(path) if path.exists() else 0, None)
+    refs = read_refs(path)
+    size = blobs_size(path)
     by_name = {p.name: p for p in snapshots}
     if revision is not None:
         commit = refs.get(revision, revision)
@@ -213,13 +97,6 @@ def repo_cache_status(repo_id: str, cache_dir: str | Path | None = None, *, revi
     assert first_check is not None
     snap, check = first_check
     return RepoCacheStatus("partial", size, snap.name, check.missing, snap)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,16 +214,13 @@ def _entry_from_info(repo: Any) -> RepoEntry:
                      tuple(revisions), repo.last_accessed, repo.last_modified)
 
 
-_TYPE_FROM_PREFIX = {v: k for k, v in _REPO_TYPE_PREFIX.items()}
-
-
 def _tolerant_entry(repo_path: Path, reason: str) -> RepoEntry | None:
     """List a repo that ``scan_cache_dir`` rejected, reading what can be read and never raising."""
     prefix, sep, rest = repo_path.name.partition("--")
-    if not sep or prefix not in _TYPE_FROM_PREFIX:
+    if not sep or prefix not in TYPE_FROM_PREFIX:
         return None
-    repo_type = _TYPE_FROM_PREFIX[prefix]
-    refs = _read_refs(repo_path)
+    repo_type = TYPE_FROM_PREFIX[prefix]
+    refs = read_refs(repo_path)
     revisions = []
     try:
         snapshots = [p for p in (repo_path / "snapshots").iterdir() if p.is_dir()]
@@ -360,11 +234,11 @@ def _tolerant_entry(repo_path: Path, reason: str) -> RepoEntry | None:
         check = check_snapshot(snap) if repo_type == "model" else None
         revisions.append(RevisionEntry(
             commit=snap.name, refs=tuple(sorted(r for r, c in refs.items() if c == snap.name)), size_bytes=0,
-            files=files, last_modified=_mtime(snap), snapshot_path=snap,
+            files=files, last_modified=mtime(snap), snapshot_path=snap,
             complete=check.complete if check else None, missing=check.missing if check else (),
         ))
-    stamp = _mtime(repo_path)
-    return RepoEntry(rest.replace("--", "/"), repo_type, repo_path, _blobs_size(repo_path), 0,
+    stamp = mtime(repo_path)
+    return RepoEntry(rest.replace("--", "/"), repo_type, repo_path, blobs_size(repo_path), 0,
                      tuple(revisions), stamp, stamp, corrupt=reason)
 
 
@@ -438,3 +312,65 @@ def scan_cache(cache_dir: str | Path | None = None) -> CacheScan:
     incomplete = sorted((f.file_path, f.size_on_disk) for f in getattr(info, "incomplete_files", ()))
     repos.sort(key=lambda r: (-r.size_bytes, r.repo_id))
     return CacheScan(folder, repos, info.size_on_disk, warnings, incomplete, info)
+
+
+# --------------------------------------------------------------------------------------------------
+# Deleting (through huggingface_hub's DeleteCacheStrategy only)
+
+
+@dataclass(frozen=True)
+class DeletionPlan:
+    """What a deletion will do, computed before anything is touched, so the UI can ask first."""
+
+    repo_id: str
+    repo_type: str
+    commits: tuple[str, ...]
+    whole_repo: bool
+    freed_bytes: int
+    strategy: Any  # huggingface_hub.DeleteCacheStrategy
+
+    def describe(self) -> str:
+        what = "the whole repo" if self.whole_repo else ", ".join(c[:12] for c in self.commits)
+        return f"{self.repo_id}: {what}"
+
+
+def plan_deletion(scan: CacheScan, repo_id: str, revisions: Sequence[str] | None = None, *,
+                  repo_type: str | None = None) -> DeletionPlan:
+    """Plan deleting ``revisions`` (refs, commits or 7+ char prefixes) of ``repo_id``, or the whole repo.
+
+    ``freed_bytes`` is huggingface_hub's own estimate: blobs still used by a kept revision are not freed.
+    """
+    repo = scan.find(repo_id, repo_type)
+    if repo.corrupt:
+        raise CacheError(f"{repo_id} is damaged ({repo.corrupt}); huggingface_hub cannot plan its deletion. "
+                         f"Inspect or remove {repo.repo_path} yourself, or re-download it")
+    if scan.info is None:
+        raise CacheError(f"nothing to delete: {scan.cache_dir} does not exist")
+    if revisions:
+        commits = tuple(dict.fromkeys(repo.revision(rev).commit for rev in revisions))
+    else:
+        commits = tuple(r.commit for r in repo.revisions)
+    if not commits:
+        raise CacheError(f"{repo_id} has no cached revision to delete")
+    strategy = scan.info.delete_revisions(*commits)
+    whole = set(commits) == {r.commit for r in repo.revisions}
+    return DeletionPlan(repo.repo_id, repo.repo_type, commits, whole, int(strategy.expected_freed_size), strategy)
+
+
+def delete_revisions(plan: DeletionPlan) -> int:
+    """Execute a plan with huggingface_hub's strategy; returns the bytes freed (its estimate)."""
+    try:
+        plan.strategy.execute()
+    except OSError as exc:
+        raise CacheError(f"cannot delete {plan.describe()}: {exc.strerror or exc}") from exc
+    log.info("deleted %s (%d bytes)", plan.describe(), plan.freed_bytes)
+    return plan.freed_bytes
+
+
+def download_repo(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None, *,
+                  progress: Callable[[DownloadProgress], None] | None = None,
+                  cancel: threading.Event | None = None) -> Path:
+    """Fetch what training needs from a repo into the cache; see ``hf_download.download_repo``."""
+    from llamaforge_tui.core.hf_download import download_repo as _download
+
+    return _download(repo_id, revision, cache_dir, progress=progress, cancel=cancel)
