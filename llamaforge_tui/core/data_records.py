@@ -191,7 +191,7 @@ def _chat(row: Mapping[str, Any], key: str, role_key: str, content_key: str, rol
 
 def _alpaca(row: Mapping[str, Any]) -> list[Message]:
     instruction = _require_content(_text(row.get("instruction"), "'instruction'"), "'instruction'")
-    output_key = "output" if "output" in row else "response"
+    output_key = "response" if "output" not in row and "response" in row else "output"
     output = _require_content(_text(row.get(output_key), f"'{output_key}'"), f"'{output_key}'")
     extra = _text(row.get("input"), "'input'", required=False).strip()
     system = _text(row.get("system"), "'system'", required=False).strip()
