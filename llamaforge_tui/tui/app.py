@@ -78,6 +78,12 @@ class LlamaForgeApp(App[int]):
                 yield TrainPane(id="train-pane", monitor_run=self.monitor_run)
         yield Footer()
 
+    async def action_quit(self) -> None:
+        """Quitting while a run trains asks first; the Train pane then stops the run gracefully and exits."""
+        if any(pane.guard_quit() for pane in self.screen_stack[0].query(TrainPane)):
+            return
+        self.exit()
+
     def action_show_pane(self, pane_id: str) -> None:
         self.query_one("#panes", TabbedContent).active = pane_id
 

@@ -1,28 +1,407 @@
-"""The Train pane. (Not built yet: this placeholder is replaced by its issue.)"""
+"""The Train pane: configure a run, train it in a thread worker, and watch it (or any run folder) live.
+
+Everything the monitor shows is folded from training events (``RunState``), whether they come from a
+run in this process (the worker posts each event as a message, never coalesced: every step is a point
+on the loss curve) or from a run folder's ``events.jsonl`` (attach mode, a follower thread). Widgets
+are redrawn by a timer a few times a second, not once per event, so a fast run cannot flood the UI.
+
+A run is stopped by setting its worker's ``cancelled_event``, which the core trainer polls between
+steps; the worker itself is never cancelled, so the run writes its checkpoint and the worker ends
+normally. App shutdown cancels workers, which sets the same event: the run still stops cleanly.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Static
+from textual.widgets import Button, Input, ProgressBar, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from llamaforge_tui.core.errors import LlamaForgeError
+from llamaforge_tui.core.events import Event, EventReader, LogLine, RunFailed, RunFinished
+from llamaforge_tui.core.fsutil import human_bytes
+from llamaforge_tui.core.train_config import TrainConfig
+from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges
+from llamaforge_tui.tui.widgets.log_panel import LogPanel, PanelLogHandler
+from llamaforge_tui.tui.widgets.loss_chart import LossChart
+from llamaforge_tui.tui.widgets.run_form import RunForm
+from llamaforge_tui.tui.widgets.run_plan import RunPlan
+from llamaforge_tui.tui.widgets.run_state import ENDED, IDLE, RUNNING, STOPPING, RunState, format_duration
+from llamaforge_tui.tui.widgets.runs_list import RunsList
+
+TrainFn = Callable[..., Any]  # core.trainer.run(config, emit, stop_event, *, resume_from=None)
+STATE_CLASSES = tuple(f"-{s}" for s in ("idle", "running", "stopping", "finished", "stopped", "failed"))
 
 
 class TrainPane(Vertical):
-    class ModelSelected(Message):
-        def __init__(self, model: Any) -> None:
+    BINDINGS = [
+        Binding("t", "start", "Train", id="training.start"),
+        Binding("s", "stop", "Stop", id="training.stop"),
+        Binding("r", "resume", "Resume", id="training.resume"),
+        Binding("e", "export", "Export", id="training.export"),
+        Binding("z", "zoom", "Zoom chart", id="training.chart_zoom"),
+    ]
+
+    class EventsArrived(Message):
+        """Training events, from this process's run or from a followed ``events.jsonl``. Never coalesced."""
+
+        def __init__(self, events: list[Event], *, origin: str) -> None:
             super().__init__()
-            self.model = model
+            self.events = events
+            self.origin = origin  # "local" or "attached"
 
-    class DatasetSelected(Message):
-        def __init__(self, path: str) -> None:
+    class ExportRequested(Message):
+        """The user asked to export a finished or stopped run (the app opens the export screen)."""
+
+        def __init__(self, run_dir: Path) -> None:
             super().__init__()
-            self.path = path
+            self.run_dir = run_dir
 
-    def __init__(self, *, id: str | None = None, **kwargs: Any) -> None:
-        super().__init__(id=id)
+    def __init__(self, *, monitor_run: str | Path | None = None, id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(id=id, **kwargs)
+        self.monitor_run = Path(monitor_run) if monitor_run else None
+        self.state = RunState()
+        self.train_worker: Worker[Any] | None = None
+        self.follow_worker: Worker[None] | None = None
+        self.attached_dir: Path | None = None
+        self.quit_after_stop = False
+        self._dirty = True
+        self._log_handler: PanelLogHandler | None = None
 
+    # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield Static("The Train pane is not built yet.", classes="placeholder", markup=False)
+        services = getattr(self.app, "services", None)
+        with Horizontal(id="train-body"):
+            with Vertical(id="train-side"):
+                with TabbedContent(id="train-side-tabs"):
+                    with TabPane("Config", id="train-config-tab"):
+                        yield RunForm(id="run-form")
+                        with Horizontal(id="config-file-row"):
+                            yield Input(placeholder="config file (.toml/.yaml)", id="config-path")
+                            yield Button("Save", id="config-save")
+                            yield Button("Load", id="config-load")
+                        yield RunPlan(id="run-plan")
+                    with TabPane("Runs", id="train-runs-tab"):
+                        yield RunsList(self.app.settings, id="runs-list")
+                with Horizontal(id="train-buttons"):
+                    yield Button(Text("Train [t]"), id="train-start", variant="success")
+                    yield Button(Text("Stop [s]"), id="train-stop", variant="error")
+                    yield Button(Text("Resume [r]"), id="train-resume")
+                    yield Button(Text("Export [e]"), id="train-export")
+            with Vertical(id="train-monitor"):
+                yield Static("No run yet: fill in the form and press t, or pick one under Runs.",
+                             id="run-title", markup=False)
+                yield ProgressBar(id="run-progress", show_eta=False)
+                yield Static("", id="run-stats", markup=False)
+                yield LossChart(id="loss-chart")
+                yield GpuGauges(id="gauges", gpu_sampler=getattr(services, "gpu_sampler", None))
+                yield LogPanel(id="log-panel")
+
+    def on_mount(self) -> None:
+        self._log_handler = PanelLogHandler(self.query_one(LogPanel))
+        logging.getLogger("llamaforge_tui").addHandler(self._log_handler)
+        self.set_interval(0.25, self._refresh_monitor, name="train-monitor-refresh")
+        self.watch(self.app, "selected_model", self._prefill_model)
+        self.watch(self.app, "selected_dataset", self._prefill_dataset)
+        self._refresh_monitor()
+        if self.monitor_run is not None:
+            self.attach(self.monitor_run)
+
+    def on_unmount(self) -> None:
+        if self._log_handler is not None:
+            logging.getLogger("llamaforge_tui").removeHandler(self._log_handler)
+
+    def _prefill_model(self, model: Any) -> None:
+        if model is not None and getattr(model, "full_name", None):
+            self.query_one(RunForm).set_value("model", f"ollama:{model.full_name}")
+
+    def _prefill_dataset(self, path: str | None) -> None:
+        if path:
+            self.query_one(RunForm).set_value("data", str(path))
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def run_active(self) -> bool:
+        """A run is training in this process (following another process's run does not count)."""
+        return self.train_worker is not None and self.train_worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+
+    @property
+    def current_run_dir(self) -> Path | None:
+        return Path(self.state.run_dir) if self.state.run_dir else self.attached_dir
+
+    # -- actions ---------------------------------------------------------------------------------
+    def action_start(self) -> None:
+        if self.run_active:
+            self.notify("A run is already training; stop it first (s). It keeps running.",
+                        title="Not started", severity="warning")
+            return
+        config = self.query_one(RunForm).config()
+        if config is None:
+            self.notify("Fix the fields marked in the form first.", title="Not started", severity="error")
+            return
+        self._launch(config, resume_from=None)
+
+    def action_resume(self) -> None:
+        if self.run_active:
+            self.notify("A run is already training.", title="Not resumed", severity="warning")
+            return
+        run_dir = self.current_run_dir
+        if run_dir is None or self.state.status not in ENDED:
+            self.notify("Nothing to resume: resume a stopped, failed or finished run.", severity="warning")
+            return
+        try:
+            config = TrainConfig.from_file(run_dir / "config.toml")
+        except LlamaForgeError as exc:
+            self.notify(str(exc), title="Cannot resume", severity="error", markup=False)
+            return
+        self._launch(config, resume_from=run_dir)
+
+    def action_stop(self) -> None:
+        if self.run_active and self.train_worker is not None:
+            self.train_worker.cancelled_event.set()  # the trainer finishes its step, checkpoints, returns
+            self.state.status = STOPPING
+            self._dirty = True
+            self._refresh_monitor()
+        elif self.attached_dir is not None and self.state.status == RUNNING:
+            from llamaforge_tui.core.runs import request_stop
+
+            request_stop(self.attached_dir)
+            self.notify("Asked the training process to stop after its current step.", title="Stop requested")
+        else:
+            self.notify("No run is training.", severity="warning")
+
+    def action_export(self) -> None:
+        run_dir = self.current_run_dir
+        if run_dir is None or self.state.status not in ENDED or self.run_active:
+            self.notify("Export needs a finished or stopped run.", severity="warning")
+            return
+        self.post_message(self.ExportRequested(run_dir))
+        if not hasattr(self.app, "on_train_pane_export_requested"):  # until the export screen exists
+            self.notify(f"llamaforge export {run_dir}", title="Export", markup=False)
+
+    def action_zoom(self) -> None:
+        self.query_one(LossChart).action_cycle_zoom()
+
+    def guard_quit(self) -> bool:
+        """Called by the app's quit action. True when a run is active: we ask first, and own the quit."""
+        if not self.run_active:
+            return False
+        from llamaforge_tui.tui.screens.confirm_quit import ConfirmQuit
+
+        if self.quit_after_stop:
+            self.notify("Stopping the run; the app quits when its checkpoint is written.", title="Quitting")
+            return True
+        if isinstance(self.app.screen, ConfirmQuit):
+            return True
+
+        def answered(stop_and_quit: bool | None) -> None:
+            if stop_and_quit:
+                self.quit_after_stop = True
+                self.action_stop()
+
+        self.app.push_screen(ConfirmQuit(self.state.run_id or "starting"), answered)
+        return True
+
+    @on(Button.Pressed, "#train-start")
+    def _start_pressed(self) -> None:
+        self.action_start()
+
+    @on(Button.Pressed, "#train-stop")
+    def _stop_pressed(self) -> None:
+        self.action_stop()
+
+    @on(Button.Pressed, "#train-resume")
+    def _resume_pressed(self) -> None:
+        self.action_resume()
+
+    @on(Button.Pressed, "#train-export")
+    def _export_pressed(self) -> None:
+        self.action_export()
+
+    @on(Button.Pressed, "#config-save")
+    def _save_config(self) -> None:
+        path = self.query_one("#config-path", Input).value.strip()
+        config = self.query_one(RunForm).config(require_inputs=False)
+        if not path or config is None:
+            self.notify("Give a file name and fix the marked fields first.", severity="error")
+            return
+        try:
+            written = config.to_file(Path(path).expanduser())
+        except (LlamaForgeError, OSError) as exc:
+            self.notify(str(exc), title="Not saved", severity="error", markup=False)
+            return
+        self.notify(str(written), title="Config saved", markup=False)
+
+    @on(Button.Pressed, "#config-load")
+    def _load_config(self) -> None:
+        path = self.query_one("#config-path", Input).value.strip()
+        try:
+            config = TrainConfig.from_file(Path(path).expanduser())
+        except LlamaForgeError as exc:
+            self.notify(str(exc), title="Not loaded", severity="error", markup=False)
+            return
+        self.query_one(RunForm).load_config(config)
+        self.notify(path, title="Config loaded", markup=False)
+
+    @on(RunForm.Changed)
+    def _form_changed(self) -> None:
+        self.query_one(RunPlan).schedule(self.query_one(RunForm), self.query_one(GpuGauges))
+
+    @on(RunsList.RunChosen)
+    def _run_chosen(self, message: RunsList.RunChosen) -> None:
+        self.attach(message.path)
+
+    # -- training --------------------------------------------------------------------------------
+    def _launch(self, config: TrainConfig, *, resume_from: Path | None) -> None:
+        self._stop_following()
+        self.state = RunState()
+        if resume_from is not None:  # keep the curve so far: the resumed run continues it
+            for event in EventReader(resume_from).poll():
+                self.state.apply(event)
+        self.state.status = RUNNING
+        self._dirty = True
+        self.query_one(LogPanel).write_line(f"starting: {config.model} on {config.data}"
+                                            + (f" (resuming {resume_from})" if resume_from else ""))
+        self.train_worker = self._train(config, resume_from)
+
+    def _train_fn(self) -> TrainFn:
+        services = getattr(self.app, "services", None)
+        fn = getattr(services, "extra", {}).get("train_run") if services is not None else None
+        if fn is None:
+            from llamaforge_tui.core.trainer import run as fn
+        return fn
+
+    @work(thread=True, group="training", name="training", description="LoRA training run", exit_on_error=False)
+    def _train(self, config: TrainConfig, resume_from: Path | None) -> Any:
+        worker = get_current_worker()
+
+        def emit(event: Event) -> None:
+            self.post_message(self.EventsArrived([event], origin="local"))
+
+        return self._train_fn()(config, emit, worker.cancelled_event, resume_from=resume_from)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self.train_worker or event.state in (WorkerState.PENDING, WorkerState.RUNNING):
+            return
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            if not self.state.ended:
+                self.state.status = "failed"
+            text = str(error) if isinstance(error, LlamaForgeError) else f"{type(error).__name__}: {error}"
+            self.query_one(LogPanel).write_line(f"run failed: {text}")
+            self.notify(text, title="Training failed", severity="error", markup=False)
+        elif self.state.status in (RUNNING, STOPPING):  # ended without a terminal event
+            self.state.status = "stopped"
+        self._dirty = True
+        self._refresh_monitor()
+        self.query_one(RunsList).reload()
+        if self.quit_after_stop:
+            self.app.exit()
+
+    # -- attach ----------------------------------------------------------------------------------
+    def attach(self, run_dir: Path | str) -> None:
+        """Show a run folder: its history, then its new events as they are written."""
+        if self.run_active:
+            self.notify("A run is training here; the monitor stays on it.", severity="warning")
+            return
+        self._stop_following()
+        self.attached_dir = Path(run_dir)
+        self.state = RunState(run_dir=str(self.attached_dir), run_id=self.attached_dir.name)
+        self._dirty = True
+        self.query_one(LogPanel).clear()
+        self.follow_worker = self._follow(self.attached_dir)
+
+    def _stop_following(self) -> None:
+        if self.follow_worker is not None:
+            self.follow_worker.cancel()
+            self.follow_worker = None
+        self.attached_dir = None
+
+    @work(thread=True, group="monitor", name="follow-events", description="Follow a run's events.jsonl",
+          exit_on_error=False)
+    def _follow(self, run_dir: Path, interval: float = 0.3) -> None:
+        worker = get_current_worker()
+        reader = EventReader(run_dir)
+        while not worker.is_cancelled:
+            events = reader.poll()
+            if events:
+                self.post_message(self.EventsArrived(events, origin="attached"))
+            if worker.cancelled_event.wait(interval):
+                break
+
+    # -- events -> screen ------------------------------------------------------------------------
+    def on_train_pane_events_arrived(self, message: EventsArrived) -> None:
+        message.stop()
+        if message.origin == "attached" and self.attached_dir is None:
+            return  # a late batch from a follower we already stopped
+        stopping = self.state.status == STOPPING
+        panel = self.query_one(LogPanel)
+        for event in message.events:
+            self.state.apply(event)
+            if isinstance(event, LogLine):
+                panel.write_event(event)
+            elif isinstance(event, RunFinished):
+                panel.write_line(f"run {'stopped' if event.stopped else 'finished'} at step {event.step}"
+                                 + (f"; adapter: {event.adapter_path}" if event.adapter_path else ""))
+            elif isinstance(event, RunFailed):
+                panel.write_line(f"run failed ({event.kind}): {event.reason}")
+        if stopping and not self.state.ended:
+            self.state.status = STOPPING
+        self._dirty = True
+
+    def _refresh_monitor(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        state = self.state
+        self.remove_class(*STATE_CLASSES)
+        self.add_class(f"-{state.status}")
+        title = {IDLE: "No run yet: fill in the form and press t, or pick one under Runs.",
+                 STOPPING: "stopping… (finishing the current step and writing a checkpoint)"}.get(state.status)
+        if title is None:
+            where = f"{state.run_id}" if state.run_id else "run"
+            title = f"{where}: {state.status}"
+            if state.failed is not None:
+                title += f" - {state.failed.reason}"
+        elif state.status == STOPPING and state.run_id:
+            title = f"{state.run_id}: {title}"
+        self.query_one("#run-title", Static).update(Text(title))
+        bar = self.query_one(ProgressBar)
+        bar.update(total=state.total_steps or None, progress=state.step)
+        self.query_one("#run-stats", Static).update(Text(self._stats_text()))
+        self.query_one(LossChart).set_points(state.train_points, state.eval_points)
+        ended = state.ended and not self.run_active
+        self.query_one("#train-stop", Button).disabled = not (self.run_active or state.status == RUNNING)
+        self.query_one("#train-resume", Button).disabled = not ended
+        self.query_one("#train-export", Button).disabled = not (ended and state.status != "failed")
+        self.query_one("#train-start", Button).disabled = self.run_active
+
+    def _stats_text(self) -> str:
+        s = self.state.last_step
+        step_total = f"step {self.state.step}/{self.state.total_steps or '?'}"
+        if s is None:
+            return step_total
+        parts = [
+            step_total,
+            f"epoch {s.epoch:.2f}",
+            f"loss {s.loss:.4f}",
+            f"lr {s.lr:.2e}",
+            f"grad-norm {s.grad_norm:.3f}",
+            f"{s.tokens_per_second:,.0f} tok/s",
+            f"elapsed {format_duration(s.elapsed_seconds)}",
+            f"ETA {format_duration(None if self.state.ended else s.eta_seconds)}",
+        ]
+        if self.state.eval_points:
+            parts.append(f"eval {self.state.eval_points[-1][1]:.4f}")
+        if s.memory_bytes:
+            parts.append(f"mem {human_bytes(s.memory_bytes)}")
+        return "  ".join(parts)

@@ -1,0 +1,200 @@
+"""The run form: the settings of a training run, each validated as it is typed, message beside it.
+
+The form edits a ``TrainConfig`` (the same object and file format the CLI uses). Fields not shown in
+the form (target modules, dtype...) are kept from the config last loaded, so loading a hand-written
+config, changing the learning rate and saving it again loses nothing.
+Validation reuses ``TrainConfig`` itself: a field is checked by building a config with just that field
+changed, so the form can never disagree with the CLI about what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Input, Label, Select, Static
+
+from llamaforge_tui.core.errors import LlamaForgeError
+from llamaforge_tui.core.train_config import SCHEDULERS, WEIGHTS, TrainConfig
+
+# (field name, label, help shown as the placeholder). Order is the form's order.
+FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("model", "Source", "ollama:NAME[:TAG], hf:ORG/NAME, file.gguf or HF folder"),
+    ("weights", "Weights", ""),
+    ("data", "Dataset", "path to a JSONL/JSON/CSV/TXT file"),
+    ("lora_r", "LoRA r", "rank, e.g. 16"),
+    ("lora_alpha", "LoRA alpha", "e.g. 32"),
+    ("lora_dropout", "LoRA dropout", "0 to <1"),
+    ("learning_rate", "Learning rate", "e.g. 2e-4"),
+    ("scheduler", "Schedule", ""),
+    ("warmup_steps", "Warmup steps", "empty: 3% of the steps"),
+    ("epochs", "Epochs", "e.g. 1"),
+    ("max_steps", "Max steps", "empty: run the epochs"),
+    ("batch_size", "Batch size", "micro-batch"),
+    ("grad_accum", "Grad accum", "steps per optimizer update"),
+    ("max_seq_len", "Max seq len", "tokens per example"),
+    ("eval_split", "Eval split", "fraction held out, e.g. 0.05"),
+    ("save_every", "Save every", "steps between checkpoints"),
+    ("seed", "Seed", ""),
+)
+CHOICES: dict[str, tuple[str, ...]] = {"weights": WEIGHTS, "scheduler": SCHEDULERS}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _text_of(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def parse_field(name: str, text: str) -> Any:
+    """Form text -> the field's Python value; raises ValueError with a short reason."""
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    text = text.strip()
+    if not text:
+        if optional:
+            return None
+        if base is str:
+            return ""
+        raise ValueError("required")
+    if base is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+    if base is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("must be a number") from None
+    return text
+
+
+def field_error(name: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for ``name`` (per TrainConfig's own rules), or None."""
+    try:
+        TrainConfig(**{name: value})
+    except LlamaForgeError as exc:
+        return str(exc).removeprefix("invalid training config: ")
+    if name == "data" and value and not Path(value).expanduser().is_file():
+        return "no such file"
+    if name == "model" and value:
+        return _source_error(value)
+    return None
+
+
+def _source_error(text: str) -> str | None:
+    try:
+        from llamaforge_tui.core.sources import parse_source
+    except ImportError:  # the sources module is not there: accept anything non-empty
+        return None
+    try:
+        parse_source(text)
+    except LlamaForgeError as exc:
+        return str(exc)
+    return None
+
+
+class RunForm(VerticalScroll):
+    """Edits a TrainConfig. ``config()`` returns it, or None (with messages shown) when a field is bad."""
+
+    class Changed(Message):
+        """Some field changed (the pane re-plans: memory estimate, steps, ETA)."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.base = TrainConfig()
+        self.errors: dict[str, str] = {}
+
+    def compose(self) -> ComposeResult:
+        for name, label, placeholder in FIELDS:
+            with Vertical(classes="form-field", id=f"field-{name}"):
+                with Horizontal(classes="form-row"):
+                    yield Label(Text(label), classes="form-label")
+                    if name in CHOICES:
+                        yield Select([(c, c) for c in CHOICES[name]], value=getattr(self.base, name),
+                                     allow_blank=False, id=f"in-{name}", classes="form-input")
+                    else:
+                        yield Input(_text_of(getattr(self.base, name)), placeholder=placeholder,
+                                    id=f"in-{name}", classes="form-input")
+                yield Static("", classes="form-error", id=f"err-{name}", markup=False)
+
+    # -- values ------------------------------------------------------------------------------------
+    def raw_value(self, name: str) -> str:
+        widget = self.query_one(f"#in-{name}")
+        if isinstance(widget, Select):
+            return str(widget.value)
+        assert isinstance(widget, Input)
+        return widget.value
+
+    def set_value(self, name: str, value: Any) -> None:
+        widget = self.query_one(f"#in-{name}")
+        if isinstance(widget, Select):
+            widget.value = value
+        else:
+            assert isinstance(widget, Input)
+            widget.value = _text_of(value)
+        self.validate_field(name)
+
+    def load_config(self, config: TrainConfig) -> None:
+        """Show ``config``; fields the form does not show are kept from it."""
+        self.base = config
+        for name, _, _ in FIELDS:
+            self.set_value(name, getattr(config, name))
+
+    def validate_field(self, name: str, *, require: bool = False) -> Any:
+        message: str | None
+        value: Any = None
+        try:
+            value = parse_field(name, self.raw_value(name))
+            message = field_error(name, value)
+        except ValueError as exc:
+            message = str(exc)
+        if message is None and require and name in ("model", "data") and not value:
+            message = "required"
+        self._show_error(name, message)
+        return value
+
+    def _show_error(self, name: str, message: str | None) -> None:
+        error = self.query_one(f"#err-{name}", Static)
+        if message:
+            self.errors[name] = message
+            error.update(Text(message))
+        else:
+            self.errors.pop(name, None)
+            error.update("")
+        error.set_class(bool(message), "-shown")
+        self.query_one(f"#field-{name}").set_class(bool(message), "-invalid")
+
+    def config(self, *, require_inputs: bool = True) -> TrainConfig | None:
+        """The config in the form, or None when a field is invalid (its message is shown)."""
+        values = {name: self.validate_field(name, require=require_inputs) for name, _, _ in FIELDS}
+        if self.errors:
+            return None
+        try:
+            return dataclasses.replace(self.base, **values)
+        except LlamaForgeError as exc:  # a rule across fields
+            self._show_error("model", str(exc))
+            return None
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._changed(event.input.id)
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._changed(event.select.id)
+
+    def _changed(self, widget_id: str | None) -> None:
+        if widget_id and widget_id.startswith("in-"):
+            self.validate_field(widget_id[3:])
+            self.post_message(self.Changed())

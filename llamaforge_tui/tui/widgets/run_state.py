@@ -1,0 +1,95 @@
+"""What the monitor knows about one run, folded from its events. Pure Python: no widgets, easy to test.
+
+The same fold serves a run trained in this process (events arrive as messages from the worker) and a
+run followed from its ``events.jsonl`` (attach mode), so both views always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llamaforge_tui.core.events import (
+    CheckpointSaved,
+    EvalLogged,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StepLogged,
+)
+
+# Status values, also used (with a leading hyphen) as CSS state classes on the pane.
+IDLE, RUNNING, STOPPING, FINISHED, STOPPED, FAILED = "idle", "running", "stopping", "finished", "stopped", "failed"
+ENDED = frozenset({FINISHED, STOPPED, FAILED})
+
+
+@dataclass
+class RunState:
+    run_id: str | None = None
+    run_dir: str | None = None
+    status: str = IDLE
+    total_steps: int = 0
+    last_step: StepLogged | None = None
+    started: RunStarted | None = None
+    finished: RunFinished | None = None
+    failed: RunFailed | None = None
+    last_checkpoint: str | None = None
+    train_points: list[tuple[int, float]] = field(default_factory=list)
+    eval_points: list[tuple[int, float]] = field(default_factory=list)
+    events_seen: int = 0
+
+    @property
+    def step(self) -> int:
+        if self.finished is not None:
+            return self.finished.step
+        return self.last_step.step if self.last_step else (self.started.resumed_from_step if self.started else 0)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    def apply(self, event: Event) -> None:
+        """Fold one event in. A second ``RunStarted`` (a resume) keeps the history up to its start step."""
+        self.events_seen += 1
+        if isinstance(event, RunStarted):
+            self.started = event
+            self.run_id, self.run_dir = event.run_id, event.run_dir
+            self.total_steps = event.total_steps
+            self.finished = self.failed = None
+            self.status = RUNNING
+            keep = event.resumed_from_step
+            self.train_points = [p for p in self.train_points if p[0] <= keep]
+            self.eval_points = [p for p in self.eval_points if p[0] <= keep]
+            if self.last_step is not None and self.last_step.step > keep:
+                self.last_step = None
+        elif isinstance(event, StepLogged):
+            self.last_step = event
+            self.total_steps = event.total_steps or self.total_steps
+            self.train_points.append((event.step, event.loss))
+            if self.status == IDLE:  # attached mid-run, or an events file without its RunStarted
+                self.status = RUNNING
+        elif isinstance(event, EvalLogged):
+            self.eval_points.append((event.step, event.eval_loss))
+        elif isinstance(event, CheckpointSaved):
+            self.last_checkpoint = event.path
+        elif isinstance(event, RunFinished):
+            self.finished = event
+            self.total_steps = event.total_steps or self.total_steps
+            self.status = STOPPED if event.stopped else FINISHED
+        elif isinstance(event, RunFailed):
+            self.failed = event
+            self.last_checkpoint = event.last_checkpoint or self.last_checkpoint
+            self.status = FAILED
+
+
+def format_duration(seconds: float | None) -> str:
+    """3725 -> '1:02:05'; None -> 'N/A'."""
+    if seconds is None or seconds != seconds or seconds < 0:  # None, NaN, negative
+        return "N/A"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 24:
+        days, hours = divmod(hours, 24)
+        return f"{days}d {hours}:{minutes:02d}:{secs:02d}"
+    return f"{hours}:{minutes:02d}:{secs:02d}"

@@ -1,0 +1,62 @@
+"""The Runs list: run folders under the runs dir, newest first; Enter attaches the monitor to one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.message import Message
+from textual.widgets import DataTable
+
+from llamaforge_tui.core.runs import RunSummary, list_runs
+from llamaforge_tui.core.settings import Settings
+
+
+class RunsList(DataTable):
+    class RunChosen(Message):
+        def __init__(self, path: Path) -> None:
+            super().__init__()
+            self.path = path
+
+    class Loaded(Message):
+        def __init__(self, runs: list[RunSummary]) -> None:
+            super().__init__()
+            self.runs = runs
+
+    def __init__(self, settings: Settings, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self.settings = settings
+        self.runs: list[RunSummary] = []
+
+    def on_mount(self) -> None:
+        self.add_columns("run", "status", "step", "loss")
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the runs folder (in a thread: a folder of many runs reads many event files)."""
+        self._load()
+
+    @work(thread=True, group="runs-list", name="list-runs", description="List training runs",
+          exclusive=True, exit_on_error=False)
+    def _load(self) -> None:
+        self.post_message(self.Loaded(list_runs(self.settings)))
+
+    def on_runs_list_loaded(self, message: Loaded) -> None:
+        message.stop()
+        self.runs = message.runs
+        self.clear()
+        for run in self.runs:
+            loss = "-" if run.final_loss is None else f"{run.final_loss:.4f}"
+            self.add_row(Text(run.run_id), Text(run.status), Text(f"{run.step}/{run.total_steps}"), Text(loss),
+                         key=str(run.path))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        if event.row_key.value:
+            self.post_message(self.RunChosen(Path(event.row_key.value)))
+
+
+def started_text(run: RunSummary) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)) if run.started else "?"
