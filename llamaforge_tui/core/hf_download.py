@@ -299,3 +299,26 @@ def download_repo(repo_id: str, revision: str | None = None, cache_dir: str | Pa
     tracker.emit(force=True, phase="done")
     assert path is not None
     return Path(path).parent  # only top-level files are fetched, so a file's folder is the snapshot
+
+
+def format_duration(seconds: float | None) -> str:
+    """``95`` -> ``'1:35'``, ``3700`` -> ``'1:01:40'``; ``None`` -> ``'--:--'``."""
+    if seconds is None:
+        return "--:--"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_text(p: DownloadProgress) -> str:
+    """One line for a log or a status bar: percent, bytes, speed, ETA, file."""
+    from llamaforge_tui.core.fsutil import human_bytes
+
+    if p.phase == "resolving":
+        return f"resolving {p.repo_id}@{p.revision or 'main'} ..."
+    speed = f"{human_bytes(p.speed_bps)}/s" if p.speed_bps else "-- /s"
+    head = "done" if p.phase == "done" else f"{p.fraction * 100:5.1f}%"
+    line = (f"{head}  {human_bytes(p.downloaded_bytes)} / {human_bytes(p.total_bytes)}  {speed}  "
+            f"ETA {format_duration(p.eta_seconds)}  [{p.files_done}/{p.file_count} files]")
+    return f"{line}  {p.filename}" if p.filename else line
