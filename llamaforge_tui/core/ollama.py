@@ -291,7 +291,7 @@ def _classify(model: OllamaModel) -> None:
     if not weights:
         if remote or model.tag.endswith("cloud"):
             where = f" ({remote})" if isinstance(remote, str) else ""
-            _mark(model, "cloud", f"cloud model: runs remotely{where}, no local weights")
+            _mark(model, "cloud", f"runs remotely{where}; no local weights")
         elif tensors:
             _mark(model, "tensor", f"stored as {len(tensors)} tensor layers (safetensors/MLX), not a GGUF")
         else:
