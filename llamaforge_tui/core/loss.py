@@ -1,0 +1,144 @@
+"""Memory-lean causal-LM loss: the output head runs only where a label is, a chunk of rows at a time.
+
+A model's usual ``forward(labels=...)`` builds ``batch x seq x vocab`` logits (in fp32 for the loss). With
+Gemma's 262k vocabulary that is 1 GB per 1k tokens, and the head is ~60% of Gemma 3 270M's matmul FLOPs,
+yet prompt tokens (masked with -100) need none of it. Here the decoder's hidden states are gathered at
+the labelled positions only, and :class:`HeadCrossEntropy` computes the loss *and* the gradient with
+respect to those hidden states chunk by chunk in its forward pass, so no logits tensor outlives its chunk
+and nothing is recomputed in backward. The head's weight is frozen under LoRA, so its gradient is
+never needed; if it is trainable we fall back to a checkpointed chunk loop, which is still lean.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE_INDEX = -100
+# Rows per chunk are chosen so that one chunk of fp32 logits stays near this size.
+CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def _rows_per_chunk(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    return max(16, chunk_bytes // (4 * max(vocab, 1)))
+
+
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, Any]:
+    import torch
+
+    logits = (h @ weight.t()).float()
+    if softcap:
+        t = torch.tanh(logits / softcap)
+        return t * softcap, t
+    return logits, None
+
+
+def _head_cross_entropy_class() -> Any:
+    import torch
+
+    class HeadCrossEntropy(torch.autograd.Function):
+        """sum of CE(h @ W^T, targets) over rows; grad wrt h computed in forward, chunk by chunk."""
+
+        @staticmethod
+        def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                    softcap: float | None, chunk: int) -> torch.Tensor:
+            need_grad = ctx.needs_input_grad[0]
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need_grad else None
+            for start in range(0, hidden.shape[0], chunk):
+                h = hidden[start:start + chunk]
+                tgt = targets[start:start + chunk]
+                logits, tanh = _chunk_logits(h, weight, softcap)
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, tgt[:, None]).squeeze(1)).sum()
+                if grad_hidden is not None:
+                    # d(CE)/d(logits) = softmax - onehot, then through the soft-cap and the matmul.
+                    probs = torch.exp(logits.sub_(lse[:, None]))
+                    probs[torch.arange(tgt.shape[0], device=tgt.device), tgt] -= 1.0
+                    if tanh is not None:
+                        probs.mul_(1.0 - tanh * tanh)
+                    grad_hidden[start:start + chunk] = probs.to(weight.dtype) @ weight
+            if grad_hidden is not None:
+                ctx.save_for_backward(grad_hidden)
+            return total
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+            (grad_hidden,) = ctx.saved_tensors
+            return grad_hidden * grad_out.to(grad_hidden.dtype), None, None, None, None
+
+    return HeadCrossEntropy
+
+
+_FN_CACHE: dict[str, Any] = {}
+
+
+def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                       softcap: float | None = None, chunk: int | None = None) -> torch.Tensor:
+    """Sum (not mean) of token cross-entropies of ``hidden @ weight.T`` against ``targets``, in fp32.
+
+    ``hidden``: (N, H) rows that all carry a label; ``weight``: (V, H) output head; ``targets``: (N,).
+    The matmul runs in ``hidden``'s dtype (bf16 under autocast), the softmax and the loss in fp32.
+    """
+    import torch
+
+    if hidden.shape[0] == 0:
+        return hidden.sum().float() * 0.0
+    chunk = chunk or _rows_per_chunk(weight.shape[0])
+    compute = hidden.dtype
+    if torch.is_autocast_enabled(hidden.device.type):
+        compute = torch.get_autocast_dtype(hidden.device.type)
+    w = weight if weight.dtype == compute else weight.to(compute)
+    h = hidden.to(compute)
+    if weight.requires_grad:  # the head is trained: keep autograd, checkpoint each chunk instead
+        from torch.utils.checkpoint import checkpoint
+
+        def piece(hh: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+            logits, _ = _chunk_logits(hh, w, softcap)
+            return torch.nn.functional.cross_entropy(logits, tt, reduction="sum")
+
+        parts = [checkpoint(piece, h[s:s + chunk], targets[s:s + chunk], use_reentrant=False)
+                 for s in range(0, h.shape[0], chunk)]
+        return torch.stack(parts).sum()
+    if "fn" not in _FN_CACHE:
+        _FN_CACHE["fn"] = _head_cross_entropy_class()
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _FN_CACHE["fn"].apply(h, w.detach(), targets, softcap, chunk)
+
+
+def causal_lm_loss_sum(model: Any, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                       targets: torch.Tensor) -> torch.Tensor:
+    """Summed CE of a Hugging Face causal LM on already-shifted ``targets`` (-100 = no loss there).
+
+    Runs the decoder (``model.<base_model_prefix>``) without an attention mask: rows are packed or
+    right-padded with ``position_ids`` that restart at 0 for every sequence, which transformers turns into
+    a block-diagonal causal mask, so packed examples never attend to each other.
+    """
+    decoder = getattr(model, model.base_model_prefix)
+    out = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    hidden = out.last_hidden_state
+    flat_targets = targets.reshape(-1)
+    keep = (flat_targets != IGNORE_INDEX).nonzero(as_tuple=True)[0]
+    rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
+    head = model.get_output_embeddings()
+    config = getattr(model, "config", None)
+    softcap = getattr(config, "final_logit_softcapping", None) if config is not None else None
+    return head_cross_entropy(rows, head.weight, flat_targets.index_select(0, keep), softcap=softcap)
+
+
+def loss_module(model: Any) -> Any:
+    """A ``torch.nn.Module`` whose ``forward`` returns the summed loss, so DDP can wrap the whole step."""
+    import torch
+
+    class CausalLMLoss(torch.nn.Module):
+        def __init__(self, lm: Any) -> None:
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                    targets: torch.Tensor) -> torch.Tensor:
+            return causal_lm_loss_sum(self.lm, input_ids, position_ids, targets)
+
+    return CausalLMLoss(model)
