@@ -242,18 +242,21 @@ class StatsScan:
 def scan_token_stats(path: str | Path, tokenizer: PreTrainedTokenizerBase | None,
                      template: ChatTemplateChoice | None, *, max_seq_len: int, format: str | None = None,
                      column_map: Mapping[str, str] | None = None, progress: Progress | None = None,
-                     stop_event: threading.Event | None = None, max_errors: int = 1000) -> StatsScan:
+                     stop_event: threading.Event | None = None, max_errors: int = 1000,
+                     policy: str = "skip") -> StatsScan:
     """One streaming pass over the whole file: memory stays flat however big it is.
 
     Without a tokenizer only validation runs (stats stay zero). ``progress(bytes_done, bytes_total)``;
-    setting ``stop_event`` ends the pass early with ``cancelled=True``.
+    setting ``stop_event`` ends the pass early with ``cancelled=True``. ``strict`` raises after the
+    first few errors; either policy raises when nothing valid (or nothing trainable) is found.
     """
+    _check_policy(policy)
     path = Path(path).expanduser()
     fmt = detect_format(path, format, column_map)
     encoder = RecordEncoder(tokenizer, template, max_seq_len) if tokenizer is not None else None
     acc = StatsAccumulator(max_seq_len)
     errors: list[RecordError] = []
-    dropped = total = valid = 0
+    dropped = total = valid = rejected = 0
     cancelled = False
 
     def error(err: RecordError) -> None:
@@ -262,6 +265,8 @@ def scan_token_stats(path: str | Path, tokenizer: PreTrainedTokenizerBase | None
             errors.append(err)
         else:
             dropped += 1
+        if policy == "strict" and len(errors) >= STRICT_SHOWN:
+            raise _strict_failure(path, errors, stopped=True)
 
     for item in iter_records(path, fmt=fmt, column_map=column_map, progress=progress):
         if stop_event is not None and stop_event.is_set():
@@ -278,7 +283,18 @@ def scan_token_stats(path: str | Path, tokenizer: PreTrainedTokenizerBase | None
             acc.add(encoder.encode(item))
             valid += 1
         except RecordRejected as exc:
+            rejected += 1
             error(RecordError(exc.line, exc.reason))
+    if cancelled:
+        return StatsScan(acc.result(), fmt, total, valid, errors, dropped, cancelled)
+    if policy == "strict" and errors:
+        raise _strict_failure(path, errors, stopped=False)
+    if valid == 0:
+        if not errors:
+            raise DatasetError(f"empty dataset: {path} has no records; expected {EXPECTED_SHAPES}")
+        shown = "; ".join(f"line {e.line}: {e.reason}" for e in errors[:3])
+        what = "no trainable tokens in any record" if rejected else "no valid records"
+        raise DatasetError(f"{what} in {path} ({len(errors) + dropped} invalid): {shown}")
     return StatsScan(acc.result(), fmt, total, valid, errors, dropped, cancelled)
 
 
