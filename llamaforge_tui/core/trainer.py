@@ -129,7 +129,7 @@ class TrainingRecipe:
         dist.init_process_group(self.dist, self.device.type)
         self._open_run_dir()
         self.precision = setup_mod.resolve_precision(cfg.dtype, self.device)
-        self.say(f"loading {cfg.model} ({cfg.weights} weights, {self.precision.param_dtype} on {self.device})")
+        self.say(f"loading {cfg.model} ({self.precision.param_dtype} on {self.device})")
         bundle = setup_mod.load_model(cfg, self.settings, self.precision, self.device)
         self.source = bundle.description
         if self.dist.is_main:
