@@ -17,6 +17,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
 
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.widgets.cache_pane import CachePane
@@ -86,12 +87,38 @@ class LlamaForgeApp(App[int]):
 
     def action_show_pane(self, pane_id: str) -> None:
         self.query_one("#panes", TabbedContent).active = pane_id
+        self._focus_pane(pane_id)
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self._focus_pane, self.query_one("#panes", TabbedContent).active)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id:
+            self._focus_pane(event.pane.id)
+
+    def _focus_pane(self, pane_id: str) -> None:
+        """Put the keyboard in the pane's main widget (arrow keys then move in its table, not the tabs).
+        A pane opts in by defining ``focus_default()``."""
+        for child in self.query_one(f"#{pane_id}", TabPane).children:
+            focus_default = getattr(child, "focus_default", None)
+            if callable(focus_default):
+                focus_default()
+                return
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place worker failures surface: a notification naming the job and the error."""
+        if event.state is WorkerState.ERROR and event.worker.error is not None:
+            what = event.worker.description or event.worker.name or "a background job"
+            self.notify(f"{what} failed: {event.worker.error}", title="Error", severity="error", timeout=15,
+                        markup=False)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for pane_id, title, key in PANES:
             yield SystemCommand(f"Go to {title}", f"Show the {title} pane (key {key})",
                                 lambda pane_id=pane_id: self.action_show_pane(pane_id))
+        yield SystemCommand("Rescan Ollama models", "Read the Ollama store again (key r in the Models pane)",
+                            lambda: self.query_one("#models-pane", ModelsPane).action_rescan())
 
     # Messages up, attributes down.
     def on_models_pane_model_selected(self, message: ModelsPane.ModelSelected) -> None:
@@ -99,6 +126,11 @@ class LlamaForgeApp(App[int]):
 
     def on_dataset_pane_dataset_selected(self, message: DatasetPane.DatasetSelected) -> None:
         self.selected_dataset = message.path
+
+    def on_models_pane_download_requested(self, message: ModelsPane.DownloadRequested) -> None:
+        """`d` on a model whose base needs downloading: show the cache pane and start the download there."""
+        self.action_show_pane("cache")
+        self.query_one("#cache-pane", CachePane).start_download(message.repo_id)
 
 
 def make_app(settings: Settings, services: Services | None = None, *, monitor_run: str | Path | None = None) -> LlamaForgeApp:
