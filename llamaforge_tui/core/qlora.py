@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NameMap = Callable[[str], "str | None"]
-Transform = Callable[[str, "torch.Tensor"], "torch.Tensor"]
+Transform = Callable[[str, "torch.Tensor"], "torch.Tensor"]  # (gguf_name, tensor) -> HF layout
 
 
 @dataclass
@@ -44,21 +44,21 @@ class QuantizedFill:
     gguf_tensor_bytes: int = 0
 
 
-def row_permutation(transform: Transform, hf_name: str, shape: tuple[int, ...]) -> "torch.Tensor | None":
+def row_permutation(transform: Transform, name: str, shape: tuple[int, ...]) -> "torch.Tensor | None":
     """If ``transform`` only reorders rows of a (rows, cols) tensor, return the row order; None for identity.
 
     Raises ValueError when the transform does anything else (then the caller loads the tensor dequantized).
     """
     import torch
 
-    rows, cols = shape
+    rows, cols = shape[0], min(shape[1], 4)  # a few columns suffice to see that whole rows move together
     probe = torch.arange(rows, dtype=torch.float64).unsqueeze(1).expand(rows, cols).contiguous()
-    out = transform(hf_name, probe.clone())
+    out = transform(name, probe.clone())
     if tuple(out.shape) != (rows, cols) or not torch.equal(out, out[:, :1].expand(rows, cols)):
-        raise ValueError(f"transform of {hf_name} is not a row permutation")
+        raise ValueError(f"transform of {name} is not a row permutation")
     perm = out[:, 0].round().to(torch.long)
     if not torch.equal(perm.sort().values, torch.arange(rows)) or not torch.equal(perm.to(out.dtype), out[:, 0]):
-        raise ValueError(f"transform of {hf_name} is not a row permutation")
+        raise ValueError(f"transform of {name} is not a row permutation")
     if torch.equal(perm, torch.arange(rows)):
         return None
     return perm
@@ -127,7 +127,7 @@ def fill_quantized_model(
 ) -> QuantizedFill:
     """Load every GGUF tensor into ``model``: Linear/Embedding weights as raw GGUF blocks, the rest dequantized.
 
-    ``hf_name_for(gguf_name)`` gives the HF parameter name (None to skip a tensor); ``transform(hf_name, tensor)``
+    ``hf_name_for(gguf_name)`` gives the HF parameter name (None to skip a tensor); ``transform(gguf_name, tensor)``
     turns a dequantized GGUF tensor (numpy order) into the HF layout. ``dtype`` is the compute dtype (norms and
     other full-precision tensors are stored in it, like the dequantized path). Output heads tied to the embedding
     share the embedding's bytes. The model is left frozen (``requires_grad=False`` everywhere).
@@ -157,12 +157,12 @@ def fill_quantized_model(
         perm = None
         if is_matrix:
             try:
-                perm = row_permutation(transform, hf_name, tuple(info.shape))
+                perm = row_permutation(transform, info.name, tuple(info.shape))
             except ValueError:
                 is_matrix = False
         if not is_matrix:
             raw = torch.from_numpy(np.array(gguf.tensor_bytes(info), copy=True))
-            value = transform(hf_name, quants.dequantize(raw, qtype, tuple(info.shape)))
+            value = transform(info.name, quants.dequantize(raw, qtype, tuple(info.shape)))
             _set_param(model, hf_name, value.to(device=device, dtype=dtype).contiguous())
             fill.full_precision.append(hf_name)
             continue
@@ -216,3 +216,30 @@ def _tie_output_head(model: nn.Module, embeddings: dict[str, nn.Module], fill: Q
             fill.quantized.append(name)
             break
     fill.tied_output = True
+
+
+def load_quantized_from_gguf(
+    model: nn.Module,
+    gguf: GgufFile,
+    *,
+    arch: str | None = None,
+    dtype: "torch.dtype | None" = None,
+    device: "torch.device | str" = "cpu",
+) -> QuantizedFill:
+    """``fill_quantized_model`` with the architecture's own names and inverse transforms (``core.arch``).
+
+    ``model`` is the skeleton built from ``arch.config_from_gguf`` (meta device is fine). Llama's q/k permutation
+    becomes a row permutation of the raw blocks; Gemma's norm offset applies to the (F32) norms in full precision.
+    """
+    from llamaforge_tui.core import arch as archmod
+
+    spec = archmod.arch_spec(arch) if arch else archmod.detect_architecture(gguf)
+    config = model.config
+
+    def hf_name_for(gguf_name: str) -> str | None:
+        return archmod.gguf_to_hf_name(spec.name, gguf_name)
+
+    def transform(gguf_name: str, tensor: "torch.Tensor") -> "torch.Tensor":
+        return archmod.gguf_tensor_to_hf(spec.name, gguf_name, tensor, config)[1]
+
+    return fill_quantized_model(model, gguf, hf_name_for, transform, dtype=dtype, device=device)
