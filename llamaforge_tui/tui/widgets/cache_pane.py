@@ -154,6 +154,10 @@ class CachePane(Vertical):
         self._build_columns()
         self.action_refresh()
 
+    def focus_default(self) -> None:
+        """Called by the app when this pane is shown: arrow keys move in the repo table."""
+        self.query_one("#cache-table", DataTable).focus()
+
     @property
     def settings(self) -> Any:
         return getattr(self.app, "settings", None)
