@@ -68,6 +68,7 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase, template: ChatTemplateCh
     """The rendered conversation and the character spans of the assistant's replies in it."""
     msgs = conversation.as_dicts()
     full = render_chat(tokenizer, template, msgs)
+    markers = _special_texts(tokenizer)
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(msgs):
         if msg["role"] != "assistant":
@@ -78,8 +79,29 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase, template: ChatTemplateCh
         if end <= start or probe not in full[start:end]:
             raise RecordRejected(conversation.line, f"chat template {template.name} does not render assistant "
                                  f"message {i + 1} as one contiguous span, so its loss cannot be masked")
-        spans.append((start, end))
+        spans.append((start, _trim_after_marker(full, start, end, markers)))
     return full, spans
+
+
+def _special_texts(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    texts = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    try:
+        texts.update(tokenizer.get_added_vocab())
+    except (AttributeError, NotImplementedError):
+        pass
+    return tuple(t for t in texts if t and not t.isspace())
+
+
+def _trim_after_marker(full: str, start: int, end: int, markers: tuple[str, ...]) -> int:
+    """Drop whitespace the template writes after a reply's end marker (``<end_of_turn>\n``): Ollama
+    stops at the marker, so the model is never asked for what follows. Kept when no marker precedes it,
+    since then that whitespace may be the only end of the reply."""
+    trimmed = end
+    while trimmed > start and full[trimmed - 1] in " \t\r\n":
+        trimmed -= 1
+    if trimmed < end and any(full.endswith(m, start, trimmed) for m in markers):
+        return trimmed
+    return end
 
 
 class RecordEncoder:

@@ -57,7 +57,7 @@ def test_json_output_with_model(dataset: Path, fake_model: None, capsys: pytest.
     assert out["model"]["template"]["name"] == "gemma"
     assert out["model"]["ollama_template_check"]["status"] == "differ"  # no system turn folding, trailing text
     first = out["first_example"]
-    assert [s["text"] for s in first["spans"] if s["trained"]] == ["Hello there!<end_of_turn>\n"]
+    assert [s["text"] for s in first["spans"] if s["trained"]] == ["Hello there!<end_of_turn>"]
     assert first["rendered"].startswith("<bos><start_of_turn>user\nSay hi<end_of_turn>")
 
 
@@ -66,7 +66,7 @@ def test_text_output_marks_trained_spans(dataset: Path, fake_model: None, capsys
     out = capsys.readouterr().out
     assert "format    alpaca (jsonl)" in out and "records   4 (3 valid, 1 invalid)" in out
     assert "template  chatml (override" in out
-    assert "«Hello there!<|im_end|>\n»" in out
+    assert "«Hello there!<|im_end|>\n»" in out  # <|im_end|> is not a special token here: newline kept
     assert "line 3: malformed JSON" in out and "steps     3 per epoch" in out
 
 

@@ -60,9 +60,9 @@ def test_gemma_gguf_tokenizer_masks_only_replies(gemma_tokenizer) -> None:  # no
     replies = runs(ex)
     assert len(replies) == 2
     for run, text in zip(replies, ("Hold the power button for five seconds.", "You're welcome.")):
-        assert run[-2:] == [END_OF_TURN, NEWLINE]  # the model learns to close its turn
-        assert tok.decode(run[:-2]) == text
-        assert run[:-2] == tok(text, add_special_tokens=False)["input_ids"]
+        assert run[-1] == END_OF_TURN  # the model learns to close its turn (not the newline after it)
+        assert tok.decode(run[:-1]) == text
+        assert run[:-1] == tok(text, add_special_tokens=False)["input_ids"]
     masked = [t for t, lab in zip(ex.input_ids, ex.labels) if lab == IGNORE_INDEX]
     assert masked.count(START_OF_TURN) == 4 and END_OF_TURN in masked  # user turns' end markers stay masked
     assert "support assistant" in tok.decode(masked) and "kettle" in tok.decode(masked)

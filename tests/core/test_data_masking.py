@@ -69,10 +69,11 @@ def test_gemma_multi_turn_layout_and_display_pieces() -> None:
     ex = encode_record(CONV, tok, choice, 4096)
     assert ex.input_ids[0] == tok.bos_token_id and ex.labels[0] == IGNORE_INDEX
     pieces = render_for_display(CONV, tok, choice)
-    assert [trained for _, trained in pieces] == [False, True, False, True]
+    assert [trained for _, trained in pieces] == [False, True, False, True, False]
     assert pieces[0][0].startswith("<bos><start_of_turn>user\nYou are a helpful assistant")
     assert pieces[0][0].endswith("<start_of_turn>model\n")
-    assert pieces[1][0] == "Hold the power button for ten seconds.<end_of_turn>\n"
+    assert pieces[1][0] == "Hold the power button for ten seconds.<end_of_turn>"  # not the newline after it
+    assert pieces[2][0].startswith("\n<start_of_turn>user") and pieces[4][0] == "\n"
     assert "".join(p for p, _ in pieces) == tok.decode(ex.input_ids)
 
 

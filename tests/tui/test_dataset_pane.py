@@ -98,7 +98,7 @@ async def test_load_render_with_selected_model_stats_and_errors(dataset: Path) -
         rendered = app.query_one("#dataset-render", Static).render()
         assert "<start_of_turn>model\nPlain text [red]stays[/red] plain.<end_of_turn>" in str(rendered)
         trained = [str(rendered)[s.start:s.end] for s in rendered.spans if "success" in str(s.style)]
-        assert trained == ["Plain text [red]stays[/red] plain.<end_of_turn>\n"]
+        assert trained == ["Plain text [red]stays[/red] plain.<end_of_turn>"]
         stats = text_of(pilot, "#dataset-stats")
         assert "3 records · 2 valid · 1 invalid" in stats and "median" in stats and "steps/epoch: 2 at batch 1" in stats
 
@@ -106,7 +106,7 @@ async def test_load_render_with_selected_model_stats_and_errors(dataset: Path) -
         await pilot.press("down")
         rendered = app.query_one("#dataset-render", Static).render()
         trained = [str(rendered)[s.start:s.end] for s in rendered.spans if "success" in str(s.style)]
-        assert trained == ["Hi.<end_of_turn>\n", "Hold the button.<end_of_turn>\n"]  # multi-turn: both replies
+        assert trained == ["Hi.<end_of_turn>", "Hold the button.<end_of_turn>"]  # multi-turn: both replies
         assert pane.selected_record().line == 3
 
 
