@@ -55,6 +55,8 @@ def test_download_fetches_config_tokenizer_and_shards_with_progress(hub: FakeHub
         "model-00001-of-00002.safetensors"]
     assert not any(p.suffix in {".bin", ".pth", ".gguf", ".onnx"} for p in _all_files(tmp_path))
     assert not any("resolve" in path and ("original/" in path or path.endswith(".bin")) for _, path in hub.requests)
+    # LFS shards came through the "CDN" redirect, as on the real Hub.
+    assert sum(1 for method, path in hub.requests if method == "GET" and path.startswith("/cdn/")) == 2
     status = repo_cache_status("acme/tiny", tmp_path)
     assert status.state == "cached" and status.revision == snapshot.name
     assert (tmp_path / "models--acme--tiny" / "refs" / "main").read_text() == snapshot.name
@@ -128,6 +130,17 @@ def test_auth_errors_explain_how_to_log_in(monkeypatch: pytest.MonkeyPatch, tmp_
             download_repo(repo.repo_id, cache_dir=tmp_path)
     snapshots = list(tmp_path.glob("models--*/snapshots/*/*"))
     assert snapshots == []
+
+
+def test_private_repo_with_hf_token_downloads_and_the_token_stays_on_the_hub(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with FakeHub() as server:
+        server.add(FakeRepo("acme/private", model_files("p", shards=2, shard_bytes=1000), private=True))
+        go_online(monkeypatch, server)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        snapshot = download_repo("acme/private", cache_dir=tmp_path)
+        assert (snapshot / "model-00002-of-00002.safetensors").exists()
+        assert len(server.cdn_auth) == 2 and server.cdn_auth == [None, None]
 
 
 def test_missing_repo_and_revision(hub: FakeHub, tmp_path: Path) -> None:
