@@ -78,16 +78,30 @@ def runs_by_repo(runs: Iterable[Any]) -> dict[str, list[str]]:
 
 
 def run_usage(settings: Any) -> dict[str, list[str]]:
-    """``runs_by_repo`` over ``core.runs.list_runs(settings)``; empty when runs cannot be listed."""
+    """``{hf repo: [run ids]}`` over ``core.runs.list_runs(settings)``. A run whose SOURCE is not a
+    Hugging Face one (an Ollama model trained with ``--weights hf``) still counts through the ``hf_repo``
+    recorded in its ``source.json``. Empty when runs cannot be listed."""
     try:
-        from llamaforge_tui.core.runs import list_runs
+        from llamaforge_tui.core.runs import list_runs, read_source
     except ImportError:
         return {}
     try:
-        return runs_by_repo(list_runs(settings))
+        runs = list_runs(settings)
     except (LlamaForgeError, OSError) as exc:
         log.warning("cannot list training runs: %s", exc)
         return {}
+    usage = runs_by_repo(runs)
+    for run in runs:
+        if repo_of_source(getattr(run, "source", None)):
+            continue
+        try:
+            description = read_source(Path(run.path))
+        except (LlamaForgeError, OSError, ValueError):
+            continue
+        repo = description.get("hf_repo") if isinstance(description, dict) else None
+        if repo:
+            usage.setdefault(repo, []).append(str(run.run_id))
+    return usage
 
 
 def needed_by(repo_id: str, *, selected_model: Any = None, runs: dict[str, list[str]] | None = None) -> list[str]:

@@ -190,3 +190,19 @@ def test_usage_mapping_from_models_and_runs() -> None:
     reasons = needed_by("google/gemma-3-270m", selected_model=models[0], runs=usage)
     assert len(reasons) == 2 and "gemma3:270m" in reasons[0] and "r1" in reasons[1]
     assert needed_by("acme/unused", selected_model=models[0], runs=usage) == []
+
+
+def test_run_usage_reads_runs_and_their_source_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs_module = pytest.importorskip("llamaforge_tui.core.runs")
+    from llamaforge_tui.core.hf_cache_usage import run_usage
+
+    hf_run, ollama_run, gguf_run = tmp_path / "r-hf", tmp_path / "r-ollama", tmp_path / "r-gguf"
+    for folder in (hf_run, ollama_run, gguf_run):
+        folder.mkdir()
+    runs_module.write_source(ollama_run, {"source": "ollama:gemma3:270m", "hf_repo": "google/gemma-3-270m"})
+    runs_module.write_source(gguf_run, {"source": "x.gguf", "hf_repo": None})
+    fake = [SimpleNamespace(run_id="a", path=hf_run, source="hf:Qwen/Qwen2.5-0.5B"),
+            SimpleNamespace(run_id="b", path=ollama_run, source="ollama:gemma3:270m"),
+            SimpleNamespace(run_id="c", path=gguf_run, source="x.gguf")]
+    monkeypatch.setattr(runs_module, "list_runs", lambda settings: fake)
+    assert run_usage(None) == {"Qwen/Qwen2.5-0.5B": ["a"], "google/gemma-3-270m": ["b"]}
