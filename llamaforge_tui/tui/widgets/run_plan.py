@@ -8,8 +8,10 @@ batch; with no such run it says it will know after the first steps rather than i
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -70,34 +72,57 @@ def make_plan(config: TrainConfig, settings: Settings, free: tuple[str, int | No
     kind, free_bytes = free
     memory_total = None
     fits = None
-    estimate = _memory_estimate(config, settings)
+    estimate = _memory_estimate(config, settings, free)
     if isinstance(estimate, str):
         notes.append(estimate)
     elif estimate is not None:
-        memory_total = int(getattr(estimate, "total", 0)) or None
-        if memory_total is not None and free_bytes is not None:
-            fits = memory_total <= free_bytes
-        advice = getattr(estimate, "advice", None)
-        if fits is False and advice:
-            notes.append(str(advice))
+        memory_total = int(estimate.total)
+        fits = estimate.fits
+        breakdown = (f"weights {human_bytes(estimate.weights)}, LoRA {human_bytes(estimate.lora)}, "
+                     f"optimizer {human_bytes(estimate.optimizer)}, activations {human_bytes(estimate.activations)}")
+        notes.append(breakdown)
+        if fits is False:
+            notes.extend(str(tip) for tip in estimate.advice)
     eta = _eta_from_history(config, settings, total)
     return Plan(examples, steps_epoch, total, eta, memory_total, free_bytes, kind, fits, tuple(notes))
 
 
-def _memory_estimate(config: TrainConfig, settings: Settings) -> Any:
-    """The core's estimate (SOURCES' ``core.memory``), or a note why there is none."""
+def _memory_estimate(config: TrainConfig, settings: Settings, free: tuple[str, int | None]) -> Any:
+    """The core's estimate (``core.memory``) from the model's hyper-parameters, or a note why there is none.
+
+    Only headers are read (the GGUF's KV or the HF folder's config.json): nothing is downloaded or loaded.
+    """
     if not config.model:
         return None
     try:
         from llamaforge_tui.core.memory import estimate_memory
+        from llamaforge_tui.core.sources import resolve_source
     except ImportError:
         return "memory estimate: not available in this version"
+    kind, free_bytes = free
     try:
-        return estimate_memory(config, settings)
-    except LlamaForgeError as exc:
+        resolved = resolve_source(config.model, settings, config.weights, download=False)
+        weights_bytes = None
+        if resolved.gguf_path is not None and resolved.uses_gguf:
+            from llamaforge_tui.core.arch import config_dict_from_gguf
+            from llamaforge_tui.core.gguf_file import GgufFile
+
+            with GgufFile(resolved.gguf_path) as gguf:
+                model_config: Any = config_dict_from_gguf(gguf)
+                if config.weights == "gguf-quantized":
+                    weights_bytes = gguf.file_size
+        elif resolved.model_dir is not None:
+            model_config = json.loads((Path(resolved.model_dir) / "config.json").read_text(encoding="utf-8"))
+        else:
+            return None
+        on_gpu = kind == "VRAM" and config.device != "cpu"
+        dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
+        return estimate_memory(model_config, dtype=dtype, device="cuda" if on_gpu else "cpu",
+                               batch_size=config.batch_size, seq_len=config.max_seq_len, lora_rank=config.lora_r,
+                               weights_bytes=weights_bytes, gradient_checkpointing=config.gradient_checkpointing,
+                               free=free_bytes)
+    except (LlamaForgeError, OSError, ValueError, KeyError) as exc:
         return f"memory estimate: {exc}"
-    except TypeError as exc:  # a different signature than this pane knows
-        return f"memory estimate: unavailable ({exc})"
 
 
 def _eta_from_history(config: TrainConfig, settings: Settings, total: int | None) -> float | None:

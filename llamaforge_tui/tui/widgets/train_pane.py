@@ -38,7 +38,7 @@ from llamaforge_tui.tui.widgets.run_plan import RunPlan
 from llamaforge_tui.tui.widgets.run_state import ENDED, IDLE, RUNNING, STOPPING, RunState, format_duration
 from llamaforge_tui.tui.widgets.runs_list import RunsList
 
-TrainFn = Callable[..., Any]  # core.trainer.run(config, emit, stop_event, *, resume_from=None)
+TrainFn = Callable[..., Any]  # core.trainer.run(config, emit, stop_event, *, resume_from, settings)
 STATE_CLASSES = tuple(f"-{s}" for s in ("idle", "running", "stopping", "finished", "stopped", "failed"))
 
 
@@ -115,6 +115,11 @@ class TrainPane(Vertical):
         self._refresh_monitor()
         if self.monitor_run is not None:
             self.attach(self.monitor_run)
+
+    def focus_default(self) -> None:
+        """Where the keyboard lands when the pane is shown (the app calls this): the Train button, so the
+        pane's keys (t, s, r, e, z) act at once instead of typing into a form field."""
+        self.query_one("#train-start", Button).focus()
 
     def on_unmount(self) -> None:
         if self._log_handler is not None:
@@ -287,7 +292,8 @@ class TrainPane(Vertical):
         def emit(event: Event) -> None:
             self.post_message(self.EventsArrived([event], origin="local"))
 
-        return self._train_fn()(config, emit, worker.cancelled_event, resume_from=resume_from)
+        return self._train_fn()(config, emit, worker.cancelled_event, resume_from=resume_from,
+                                settings=self.app.settings)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is not self.train_worker or event.state in (WorkerState.PENDING, WorkerState.RUNNING):
@@ -379,11 +385,17 @@ class TrainPane(Vertical):
         bar.update(total=state.total_steps or None, progress=state.step)
         self.query_one("#run-stats", Static).update(Text(self._stats_text()))
         self.query_one(LossChart).set_points(state.train_points, state.eval_points)
+        # Dimmed, not disabled: disabling the focused button would throw focus into the form, where the
+        # next key (s, r, t) would be typed into a field instead of acting.
         ended = state.ended and not self.run_active
-        self.query_one("#train-stop", Button).disabled = not (self.run_active or state.status == RUNNING)
-        self.query_one("#train-resume", Button).disabled = not ended
-        self.query_one("#train-export", Button).disabled = not (ended and state.status != "failed")
-        self.query_one("#train-start", Button).disabled = self.run_active
+        available = {
+            "#train-start": not self.run_active,
+            "#train-stop": self.run_active or state.status == RUNNING,
+            "#train-resume": ended,
+            "#train-export": ended and state.status != "failed",
+        }
+        for selector, ok in available.items():
+            self.query_one(selector, Button).set_class(not ok, "-unavailable")
 
     def _stats_text(self) -> str:
         s = self.state.last_step
