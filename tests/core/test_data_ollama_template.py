@@ -96,3 +96,14 @@ def test_whitespace_only_difference_is_named() -> None:
     tok = make_tokenizer("chatml")
     check = check_against_ollama(tok, resolve_chat_template(tok, None), CHATML_MESSAGES.replace("<|im_end|>\n{{", "<|im_end|>{{"))
     assert check.status == "differ" and "only in whitespace" in check.message
+
+
+@pytest.mark.parametrize("family", ["gemma", "chatml", "llama3", "phi3", "mistral", "plain"])
+def test_export_go_templates_render_what_training_renders(family: str) -> None:
+    """EXPORT writes these Go TEMPLATEs into Modelfiles; they must agree with the Jinja used for training."""
+    from llamaforge_tui.core.modelfile import GO_TEMPLATES
+
+    tok = make_tokenizer("none" if family == "plain" else family)
+    choice = resolve_chat_template(tok, None, override=family)
+    check = check_against_ollama(tok, choice, GO_TEMPLATES[family].replace("@EOS@", tok.eos_token))
+    assert check.status == "match", check.message
