@@ -294,6 +294,12 @@ def download_repo(repo_id: str, revision: str | None = None, cache_dir: str | Pa
         except DownloadCancelled:
             log.info("download of %s cancelled during %s", repo_id, name)
             raise
+        except Exception as exc:
+            # The xet backend calls our progress hook from native code, which may wrap the
+            # DownloadCancelled we raise there in an error of its own.
+            if cancel is not None and cancel.is_set():
+                raise DownloadCancelled(f"download of {repo_id} cancelled") from exc
+            raise
         tracker.finish_file(sizes[name])
     tracker.filename = None
     tracker.emit(force=True, phase="done")
