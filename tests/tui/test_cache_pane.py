@@ -269,3 +269,24 @@ async def test_download_errors_and_cancel(monkeypatch: pytest.MonkeyPatch, tmp_p
             snapshots = list((tmp_path / "hub").glob("models--acme--slow/snapshots/*/*"))
             assert "model.safetensors" not in {p.name for p in snapshots}
             assert not list((tmp_path / "hub").rglob("*.incomplete"))
+
+
+async def test_hundreds_of_repos_scan_in_a_worker_and_sort(tmp_path: Path) -> None:
+    from tests.fixtures.hf_cache_factory import CacheBuilder, commit_hash
+
+    builder = CacheBuilder(tmp_path / "hub")
+    for i in range(250):
+        builder.add_revision(f"org{i % 5}/m{i:03d}", commit_hash(str(i)),
+                             model_files(f"m{i}", shard_bytes=100 + i), refs=("main",))
+    app = host(tmp_path / "hub")
+    async with app.run_test(size=(160, 48)) as pilot:
+        pane = await open_pane(pilot)
+        table = pane.query_one("#cache-table", DataTable)
+        assert table.row_count == 250
+        assert row_ids(table)[0] == "org4/m249"  # the biggest
+        pane.sort_by("repo")
+        await pilot.pause()
+        assert row_ids(table)[:2] == ["org0/m000", "org0/m005"]
+        await pilot.press("end")
+        await pilot.pause()
+        assert pane.selected is not None and pane.selected.repo_id == "org4/m249"
