@@ -1,28 +1,304 @@
-"""The Models pane. (Not built yet: this placeholder is replaced by its issue.)"""
+"""The Models pane: every model in the Ollama store, and the highlighted one's details.
+
+The scan (manifests, GGUF headers, HF cache status, server ping) runs in a thread worker, so the UI never
+waits on the disk or the network; results come back as a message. Everything shown comes from files
+other programs wrote, so it is rendered as plain ``Text`` (a stray ``[`` in a template must not be markup).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Static
+from textual.widgets import DataTable, Input, Static
+from textual.worker import get_current_worker
+
+from llamaforge_tui.core.fsutil import human_bytes
+from llamaforge_tui.core.ollama import OllamaModel, ServerStatus, StoreScan, scan_store, server_status
+
+NARROW_WIDTH = 100  # below this the details go under the table instead of beside it
+LAYER_KINDS_SHOWN = ("template", "system", "params", "license", "messages", "adapter", "projector")
+
+
+def base_cell(model: OllamaModel) -> str:
+    info = model.base_model
+    if info is None or info.repo is None:
+        return "no mapping" if model.gguf_path is not None else "-"
+    state = {"cached": "cached", "partial": "partial", "missing": "download"}.get(info.cache_status or "", "?")
+    return f"{info.repo} ({state})"
+
+
+def row_cells(model: OllamaModel) -> list[Text]:
+    s = model.summary
+    cells = [
+        model.full_name,
+        model.status,
+        (s.architecture or "?") if s else "-",
+        (s.quantization or "?") if s else "-",
+        s.parameter_label if s else "-",
+        human_bytes(model.size_bytes) if model.size_bytes else "-",
+        base_cell(model),
+    ]
+    return [Text(c, no_wrap=True, overflow="ellipsis") for c in cells]
+
+
+def detail_rows(model: OllamaModel) -> list[tuple[str, str]]:
+    """(label, value) pairs for the details panel; plain strings, shown without markup."""
+    rows: list[tuple[str, str]] = [("Model", model.full_name), ("Status", model.status)]
+    if model.reason:
+        rows.append(("Why", model.reason))
+    rows.append(("Manifest", str(model.manifest_path)))
+    if model.gguf_path is not None:
+        rows.append(("GGUF blob", str(model.gguf_path)))
+        rows.append(("GGUF size", human_bytes(model.size_bytes)))
+    s = model.summary
+    if s is not None:
+        quant = s.quantization or "unknown"
+        if s.quantization_source != "general.file_type":
+            quant += " (guessed from tensor types: no general.file_type)"
+        rows += [
+            ("Architecture", s.architecture or "unknown"),
+            ("Quantization", quant),
+            ("Tensor types", s.tensor_types_text() or "-"),
+            ("Parameters", f"{s.parameter_label} ({s.parameter_count:,})"),
+            ("Context", _num(s.context_length)),
+            ("Layers", _num(s.block_count)),
+            ("Heads", f"{_num(s.head_count)} (KV {_num(s.head_count_kv)})"),
+            ("Embedding", _num(s.embedding_length)),
+            ("Vocabulary", _num(s.vocab_size)),
+            ("Chat template", "yes (in the GGUF)" if s.has_chat_template else "no (not in the GGUF)"),
+        ]
+    present = [k for k in LAYER_KINDS_SHOWN if k in model.layers]
+    counts = model.layer_counts()
+    if counts.get("tensor"):
+        present.append(f"{counts['tensor']} tensor layers")
+    rows.append(("Ollama layers", ", ".join(present) if present else "none besides the weights"))
+    rows += _base_rows(model)
+    return rows
+
+
+def _base_rows(model: OllamaModel) -> list[tuple[str, str]]:
+    info = model.base_model
+    if info is None:
+        return [("HF base", "-")]
+    if info.repo is None:
+        text = "no mapping: will train from the GGUF" if model.gguf_path is not None else "no mapping"
+        return [("HF base", text), ("Mapping", info.detail)]
+    rows = [("HF base", info.repo), ("Mapping", f"{info.source}: {info.detail}"), ("HF cache", info.describe_cache())]
+    if info.needs_download:
+        rows.append(("", "press d to download it"))
+    return rows
+
+
+def _num(value: int | None) -> str:
+    return f"{value:,}" if isinstance(value, int) else "unknown"
+
+
+def render_details(model: OllamaModel | None) -> Text:
+    if model is None:
+        return Text("No model selected.")
+    rows = detail_rows(model)
+    width = max(len(label) for label, _ in rows) + 2
+    text = Text()
+    for label, value in rows:
+        text.append(f"{label:<{width}}", style="bold")
+        text.append(value + "\n")
+    return text
+
+
+@dataclass
+class _ScanResult:
+    scan: StoreScan | None
+    server: ServerStatus | None
+    error: str | None = None
 
 
 class ModelsPane(Vertical):
+    """Lists the Ollama store. Posts ``ModelSelected`` for the highlighted model and ``DownloadRequested``."""
+
+    BINDINGS = [
+        Binding("slash", "filter", "Filter", id="models.filter"),
+        Binding("r", "rescan", "Rescan", id="models.rescan"),
+        Binding("d", "download", "Download base", id="models.download"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="models.clear_filter"),
+    ]
+
     class ModelSelected(Message):
+        """The highlighted model changed (``model`` is a ``core.ollama.OllamaModel``)."""
+
         def __init__(self, model: Any) -> None:
             super().__init__()
             self.model = model
 
-    class DatasetSelected(Message):
-        def __init__(self, path: str) -> None:
+    class DownloadRequested(Message):
+        """The user asked to download the selected model's HF base (``d``)."""
+
+        def __init__(self, repo_id: str) -> None:
             super().__init__()
-            self.path = path
+            self.repo_id = repo_id
+
+    class ScanFinished(Message):
+        def __init__(self, result: _ScanResult) -> None:
+            super().__init__()
+            self.result = result
 
     def __init__(self, *, id: str | None = None, **kwargs: Any) -> None:
-        super().__init__(id=id)
+        super().__init__(id=id, **kwargs)
+        self.models: list[OllamaModel] = []
+        self.scan: StoreScan | None = None
+        self.server: ServerStatus | None = None
+        self.filter_text = ""
+        self.selected: OllamaModel | None = None
+        self._shown: list[OllamaModel] = []
 
     def compose(self) -> ComposeResult:
-        yield Static("The Models pane is not built yet.", classes="placeholder", markup=False)
+        yield Static(Text("Scanning the Ollama store…"), id="models-status", markup=False)
+        yield Input(placeholder="filter: name, arch, quantization, status, base repo (esc clears)", id="models-filter")
+        with Horizontal(id="models-body"):
+            table: DataTable[Text] = DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
+            yield table
+            with VerticalScroll(id="models-details-box"):
+                yield Static(Text("No model selected."), id="models-details", markup=False)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#models-table", DataTable)
+        for label, key in (("Name", "name"), ("Status", "status"), ("Arch", "arch"), ("Quant", "quant"),
+                           ("Params", "params"), ("Size", "size"), ("HF base", "base")):
+            table.add_column(label, key=key)
+        self.query_one("#models-filter", Input).display = False
+        self.start_scan()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < NARROW_WIDTH, "-narrow")
+
+    def focus_default(self) -> None:
+        self.query_one("#models-table", DataTable).focus()
+
+    # -- scanning ---------------------------------------------------------------------------------------
+    def start_scan(self) -> None:
+        self.add_class("-scanning")
+        self.query_one("#models-status", Static).update(Text("Scanning the Ollama store…"))
+        self._scan_worker()
+
+    @work(thread=True, group="models-scan", name="models.scan", description="Scanning the Ollama store",
+          exit_on_error=False, exclusive=True)
+    def _scan_worker(self) -> None:
+        settings = self.app.settings  # type: ignore[attr-defined]
+        worker = get_current_worker()
+        try:
+            scan = scan_store(settings)
+        except OSError as exc:  # scan_store reports problems itself; this is a last resort for odd filesystems
+            result = _ScanResult(None, None, f"scan failed: {exc}")
+        else:
+            result = _ScanResult(scan, None)
+        if worker.is_cancelled:
+            return
+        self.post_message(self.ScanFinished(result))
+        server = server_status(settings, timeout=0.5)
+        if not worker.is_cancelled:
+            self.post_message(self.ScanFinished(_ScanResult(result.scan, server, result.error)))
+
+    @on(ScanFinished)
+    def _scan_finished(self, message: ScanFinished) -> None:
+        result = message.result
+        self.remove_class("-scanning")
+        if result.server is not None:
+            self.server = result.server
+        if result.scan is not None and result.scan is not self.scan:
+            self.scan = result.scan
+            self.models = result.scan.models
+            self._refill_table()
+        self._update_status(result.error)
+
+    def _update_status(self, error: str | None = None) -> None:
+        parts = []
+        if error:
+            parts.append(error)
+        if self.scan is not None:
+            roots = ", ".join(str(r) for r in self.scan.roots) or "no readable models folder"
+            usable = sum(1 for m in self.models if m.status == "ok")
+            parts.append(f"{len(self.models)} models ({usable} usable) in {roots}")
+            parts.extend(self.scan.problems)
+        parts.append(self.server.describe() if self.server else "checking the Ollama server…")
+        if self.filter_text:
+            parts.append(f"filter: {self.filter_text!r} ({len(self._shown)} shown)")
+        self.query_one("#models-status", Static).update(Text(" · ".join(parts)))
+
+    # -- table ------------------------------------------------------------------------------------------
+    def _matches(self, model: OllamaModel) -> bool:
+        if not self.filter_text:
+            return True
+        s = model.summary
+        haystack = " ".join(filter(None, [
+            model.full_name, model.status, s.architecture if s else None, s.quantization if s else None,
+            model.base_model.repo if model.base_model else None])).lower()
+        return all(word in haystack for word in self.filter_text.lower().split())
+
+    def _refill_table(self) -> None:
+        table = self.query_one("#models-table", DataTable)
+        keep = self.selected.key if self.selected else None
+        table.clear()
+        self._shown = [m for m in self.models if self._matches(m)]
+        for i, model in enumerate(self._shown):
+            table.add_row(*row_cells(model), key=str(i))
+        if not self._shown:
+            self._select(None)
+            return
+        index = next((i for i, m in enumerate(self._shown) if m.key == keep), 0)
+        table.move_cursor(row=index)
+        self._select(self._shown[index])
+
+    def _select(self, model: OllamaModel | None) -> None:
+        changed = model is not self.selected
+        self.selected = model
+        self.query_one("#models-details", Static).update(render_details(model))
+        if changed and model is not None:
+            self.post_message(self.ModelSelected(model))
+
+    @on(DataTable.RowHighlighted, "#models-table")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        index = int(event.row_key.value) if event.row_key.value is not None else -1
+        if 0 <= index < len(self._shown):
+            self._select(self._shown[index])
+
+    # -- filter -----------------------------------------------------------------------------------------
+    @on(Input.Changed, "#models-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self._refill_table()
+        self._update_status()
+
+    @on(Input.Submitted, "#models-filter")
+    def _filter_submitted(self) -> None:
+        self.query_one("#models-table", DataTable).focus()
+
+    # -- actions ----------------------------------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#models-filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#models-filter", Input)
+        if box.value:
+            box.value = ""
+        box.display = False
+        self.query_one("#models-table", DataTable).focus()
+
+    def action_rescan(self) -> None:
+        self.start_scan()
+
+    def action_download(self) -> None:
+        info = self.selected.base_model if self.selected else None
+        if info is None or info.repo is None:
+            self.app.notify("This model has no Hugging Face base to download.", severity="warning", markup=False)
+        elif not info.needs_download:
+            self.app.notify(f"{info.repo} is already cached.", markup=False)
+        else:
+            self.post_message(self.DownloadRequested(info.repo))
