@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from llamaforge_tui.core.hf_cache import (
 )
 from llamaforge_tui.core.hf_download import DownloadCancelled, DownloadProgress, download_repo
 from llamaforge_tui.tui.screens.confirm_delete import ConfirmDelete
+from llamaforge_tui.tui.widgets.cache_text import complete_label, repo_details, short_date
 from llamaforge_tui.tui.widgets.download_progress import DownloadProgressView
 
 # (column key, title, sort key, numbers/dates sort biggest/newest first)
@@ -52,37 +52,6 @@ COLUMNS: tuple[tuple[str, str, Any, bool], ...] = (
 )
 _SORT_KEYS = {key: (fn, desc) for key, _, fn, desc in COLUMNS}
 _WORKER_GROUPS = {"cache-scan", "cache-delete", "cache-download"}
-
-
-def _date(stamp: float) -> str:
-    return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M") if stamp else "-"
-
-
-def complete_label(repo: RepoEntry) -> str:
-    if repo.corrupt:
-        return "corrupt"
-    return {True: "yes", False: "no", None: "-"}[repo.complete]
-
-
-def repo_details(repo: RepoEntry, used_by: list[str], runs: list[str], needed: list[str]) -> str:
-    """Plain text for the details panel (shown with markup off)."""
-    lines = [f"{repo.repo_id}  ({repo.repo_type})", f"Path: {repo.repo_path}",
-             f"Size: {human_bytes(repo.size_bytes)} in {repo.nb_files} file(s), {len(repo.revisions)} revision(s)"
-             + (f"; refs: {', '.join(repo.refs)}" if repo.refs else "")]
-    if repo.corrupt:
-        lines.append(f"Damaged: {repo.corrupt}")
-    if repo.repo_type == "model":
-        good = [r for r in repo.revisions if r.complete]
-        if good:
-            lines.append(f"Complete model: yes (revision {good[0].commit[:12]})")
-        else:
-            missing = repo.revisions[0].missing if repo.revisions else ("snapshot",)
-            lines.append(f"Complete model: no, missing {', '.join(missing)}")
-        lines.append(f"Ollama models mapped to it: {', '.join(used_by) or 'none'}")
-    if runs:
-        lines.append(f"Training runs from it: {', '.join(runs)}")
-    lines.extend(f"Still needed: {reason}" for reason in needed)
-    return "\n".join(lines)
 
 
 @dataclass
@@ -212,7 +181,7 @@ class CachePane(Vertical):
         for repo in self.sorted_repos():
             table.add_row(Text(repo.repo_id), Text(repo.repo_type), Text(human_bytes(repo.size_bytes), justify="right"),
                           Text(str(len(repo.revisions)), justify="right"), Text(complete_label(repo)),
-                          Text(_date(repo.last_modified)), Text(_date(repo.last_accessed)), key=self._key(repo))
+                          Text(short_date(repo.last_modified)), Text(short_date(repo.last_accessed)), key=self._key(repo))
         if table.row_count == 0:
             self._select(None)
             return
@@ -281,7 +250,7 @@ class CachePane(Vertical):
             complete = {True: "yes", False: "no", None: "-"}[rev.complete]
             revisions.add_row(Text("*" if rev.commit in self.marked else " "), Text(rev.commit[:12]),
                               Text(", ".join(rev.refs)), Text(human_bytes(rev.size_bytes), justify="right"),
-                              Text(str(len(rev.files)), justify="right"), Text(complete), Text(_date(rev.last_modified)),
+                              Text(str(len(rev.files)), justify="right"), Text(complete), Text(short_date(rev.last_modified)),
                               key=rev.commit)
 
     def action_toggle_mark(self) -> None:
