@@ -1,6 +1,14 @@
+"""The app shell: single-key panes, palette entries, footer bindings, NO_COLOR, quitting, worker errors."""
+
+from __future__ import annotations
+
+import pytest
+from textual.filter import Monochrome, NoColor
+from textual.widgets import DataTable, TabbedContent
+
+from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.app import make_app
-from textual.widgets import TabbedContent
 
 
 async def test_single_keys_switch_panes() -> None:
@@ -11,3 +19,53 @@ async def test_single_keys_switch_panes() -> None:
         for key, pane in (("2", "cache"), ("3", "dataset"), ("4", "train"), ("1", "models")):
             await pilot.press(key)
             assert tabs.active == pane
+        assert app.focused is app.query_one("#models-table", DataTable)  # back on Models: keys go to its table
+
+
+async def test_footer_bindings_and_palette_commands() -> None:
+    app = make_app(Settings())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        keys = set(app.screen.active_bindings)
+        assert {"1", "2", "3", "4", "q", "slash", "r", "d"} <= keys
+        titles = [cmd.title for cmd in app.get_system_commands(app.screen)]
+        for title in ("Go to Models", "Go to HF cache", "Go to Dataset", "Go to Train", "Rescan Ollama models"):
+            assert title in titles
+        go_cache = next(cmd for cmd in app.get_system_commands(app.screen) if cmd.title == "Go to HF cache")
+        go_cache.callback()
+        await pilot.pause()
+        assert app.query_one("#panes", TabbedContent).active == "cache"
+
+
+@pytest.mark.parametrize("key", ["q", "ctrl+q"])
+async def test_quits_cleanly(key: str) -> None:
+    app = make_app(Settings())
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert not app._exit
+        await pilot.press(key)
+        await pilot.pause()
+        assert app._exit  # exit() was called: no confirmation needed when nothing is training
+    assert app.return_code in (0, None)
+
+
+async def test_no_color_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app(Settings())
+    assert app.no_color
+    async with app.run_test(size=(80, 24)):
+        assert any(isinstance(f, (NoColor, Monochrome)) for f in app._filters)
+
+
+async def test_worker_errors_become_notifications() -> None:
+    app = make_app(Settings())
+    async with app.run_test(size=(80, 24)) as pilot:
+        def boom() -> None:
+            raise LlamaForgeError("disk on fire [not markup]")
+
+        app.run_worker(boom, thread=True, name="boom", description="Test job", exit_on_error=False)
+        for _ in range(100):
+            if app._notifications:
+                break
+            await pilot.pause(0.05)
+        messages = [n.message for n in app._notifications]
+        assert "Test job failed: disk on fire [not markup]" in messages
