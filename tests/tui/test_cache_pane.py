@@ -112,6 +112,11 @@ async def test_sorting_by_any_column(cache) -> None:
         await pilot.press("s")  # cycles to the next column: Complete (complete first, corrupt last)
         assert pane.sort_column == "complete"
         assert row_ids(table)[-1] == "acme/broken-model"
+        # Clicking a header sorts by that column.
+        await pilot.click("#cache-table", offset=(4, 1))
+        await pilot.pause()
+        assert (pane.sort_column, pane.sort_reverse) == ("repo", False)
+        assert row_ids(table) == sorted(names)
         # The selection follows the repo, not the row number.
         assert pane.selected is not None and pane.selected.repo_id == row_ids(table)[table.cursor_row]
 
