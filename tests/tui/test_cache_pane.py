@@ -18,6 +18,7 @@ from llamaforge_tui.tui.app import make_app
 from llamaforge_tui.tui.screens.confirm_delete import ConfirmDelete
 from llamaforge_tui.tui.widgets.cache_pane import CachePane
 from llamaforge_tui.tui.widgets.download_progress import DownloadProgressView
+from llamaforge_tui.tui.widgets.models_pane import ModelsPane
 from tests.fixtures.fake_hub import FakeHub, FakeRepo, go_online
 from tests.fixtures.hf_cache_factory import build_realistic_cache, model_files
 
@@ -241,7 +242,8 @@ async def test_download_requested_from_the_models_pane(monkeypatch: pytest.Monke
         async with app.run_test(size=(160, 48)) as pilot:
             assert app.query_one("#panes", TabbedContent).active == "models"
             # The Models pane's `d` posts DownloadRequested(repo_id); the app switches here and starts it.
-            app.on_models_pane_download_requested(SimpleNamespace(repo_id="acme/other"))
+            app.query_one(ModelsPane).post_message(ModelsPane.DownloadRequested("acme/other"))
+            await pilot.pause()
             assert app.query_one("#panes", TabbedContent).active == "cache"
             await settle(pilot)
             await settle(pilot)
