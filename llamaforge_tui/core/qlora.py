@@ -11,18 +11,18 @@ transform (Gemma's norm +1 is on F32 vectors) runs on dequantized values, and th
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from llamaforge_tui.core import quants
-from llamaforge_tui.core.errors import GgufError
+from llamaforge_tui.core.errors import GgufError, LlamaForgeError
 from llamaforge_tui.core.quantized import base_weight_bytes
 
 if TYPE_CHECKING:
     import torch
+    from gguf import GGMLQuantizationType
     from torch import nn
 
     from llamaforge_tui.core.gguf_file import GgufFile, TensorInfo
@@ -64,13 +64,21 @@ def row_permutation(transform: Transform, name: str, shape: tuple[int, ...]) -> 
     return perm
 
 
-def _raw_rows(gguf: GgufFile, info: TensorInfo, device: "torch.device") -> "torch.Tensor":
-    """The tensor's bytes as (rows, row_bytes) uint8, copied out of the memory map onto ``device``."""
+def _read_tensor(fh: BinaryIO, info: TensorInfo) -> "torch.Tensor":
+    """A tensor's bytes as a flat uint8 tensor, read with plain reads rather than through the memory map, so the
+    file's pages do not stay in our RSS next to the copy we keep."""
     import torch
 
-    data = np.array(gguf.tensor_bytes(info), copy=True)
-    rows = int(np.prod(info.shape[:-1])) if len(info.shape) > 1 else 1
-    return torch.from_numpy(data).reshape(rows, -1).to(device)
+    out = torch.empty(info.nbytes, dtype=torch.uint8)
+    view = memoryview(out.numpy())
+    fh.seek(info.offset)
+    got = 0
+    while got < info.nbytes:
+        n = fh.readinto(view[got:])
+        if not n:
+            raise GgufError(f"{fh.name}: truncated while reading {info.name} at offset {info.offset + got}")
+        got += n
+    return out
 
 
 def _set_param(model: nn.Module, hf_name: str, value: "torch.Tensor") -> None:
@@ -124,6 +132,8 @@ def fill_quantized_model(
     dtype: "torch.dtype | None" = None,
     device: "torch.device | str" = "cpu",
     chunk_elements: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    stop_event: threading.Event | None = None,
 ) -> QuantizedFill:
     """Load every GGUF tensor into ``model``: Linear/Embedding weights as raw GGUF blocks, the rest dequantized.
 
@@ -131,69 +141,93 @@ def fill_quantized_model(
     turns a dequantized GGUF tensor (numpy order) into the HF layout. ``dtype`` is the compute dtype (norms and
     other full-precision tensors are stored in it, like the dequantized path). Output heads tied to the embedding
     share the embedding's bytes. The model is left frozen (``requires_grad=False`` everywhere).
+    ``progress(done_bytes, total_bytes)`` is called after each tensor; setting ``stop_event`` cancels the load.
     """
     import torch
-    from torch import nn
 
-    from llamaforge_tui.core.quantized import DEFAULT_CHUNK_ELEMENTS, QuantEmbedding, QuantLinear, permute_rows
+    from llamaforge_tui.core.quantized import DEFAULT_CHUNK_ELEMENTS
 
-    dtype = torch.float32 if dtype is None else dtype
-    device = torch.device(device)
-    chunk = DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
-    identity: Transform = lambda _name, t: t  # noqa: E731
-    transform = transform or identity
-    fill = QuantizedFill()
-    embeddings: dict[str, nn.Module] = {}
+    loader = _Filler(
+        model, torch.float32 if dtype is None else dtype, torch.device(device),
+        DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements,
+        transform or (lambda _name, t: t),
+    )
+    total = sum(t.nbytes for t in gguf.tensors)
+    done = 0
+    with open(gguf.path, "rb", buffering=0) as fh:
+        for info in gguf.tensors:
+            if stop_event is not None and stop_event.is_set():
+                raise LlamaForgeError("loading cancelled")
+            hf_name = hf_name_for(info.name)
+            if hf_name is not None:
+                loader.load(info, hf_name, _read_tensor(fh, info))
+            done += info.nbytes
+            if progress is not None:
+                progress(done, total)
+    return loader.finish()
 
-    for info in gguf.tensors:
-        hf_name = hf_name_for(info.name)
-        if hf_name is None:
-            continue
-        fill.gguf_tensor_bytes += info.nbytes
+
+class _Filler:
+    """The per-tensor steps of ``fill_quantized_model`` (kept apart so each one reads on one screen)."""
+
+    def __init__(self, model: nn.Module, dtype: "torch.dtype", device: "torch.device", chunk: int,
+                 transform: Transform) -> None:
+        self.model, self.dtype, self.device, self.chunk, self.transform = model, dtype, device, chunk, transform
+        self.fill = QuantizedFill()
+
+    def load(self, info: TensorInfo, hf_name: str, raw: "torch.Tensor") -> None:
+        from torch import nn
+
+        self.fill.gguf_tensor_bytes += info.nbytes
         module_name, _, attr = hf_name.rpartition(".")
-        module = model.get_submodule(module_name) if module_name else model
+        module = self.model.get_submodule(module_name) if module_name else self.model
         qtype = quants.quant_type(info.ggml_type)
-        is_matrix = attr == "weight" and len(info.shape) == 2 and isinstance(module, (nn.Linear, nn.Embedding))
-        perm = None
-        if is_matrix:
+        raw = raw.to(self.device)
+        if attr == "weight" and len(info.shape) == 2 and isinstance(module, (nn.Linear, nn.Embedding)):
             try:
-                perm = row_permutation(transform, info.name, tuple(info.shape))
+                perm = row_permutation(self.transform, info.name, tuple(info.shape))
             except ValueError:
-                is_matrix = False
-        if not is_matrix:
-            raw = torch.from_numpy(np.array(gguf.tensor_bytes(info), copy=True))
-            value = transform(info.name, quants.dequantize(raw, qtype, tuple(info.shape)))
-            _set_param(model, hf_name, value.to(device=device, dtype=dtype).contiguous())
-            fill.full_precision.append(hf_name)
-            continue
-        rows = _raw_rows(gguf, info, device)
+                log.info("%s: transform is not a row permutation; keeping it in full precision", info.name)
+            else:
+                self._quantized(module_name, module, info, qtype, raw.reshape(info.shape[0], -1), perm)
+                return
+        value = self.transform(info.name, quants.dequantize(raw, qtype, tuple(info.shape)))
+        _set_param(self.model, hf_name, value.to(dtype=self.dtype).contiguous())
+        self.fill.full_precision.append(hf_name)
+
+    def _quantized(self, module_name: str, module: nn.Module, info: TensorInfo, qtype: GGMLQuantizationType,
+                   rows: "torch.Tensor", perm: "torch.Tensor | None") -> None:
+        from torch import nn
+
+        from llamaforge_tui.core.quantized import QuantEmbedding, QuantLinear, permute_rows
+
         if perm is not None:
             rows = permute_rows(rows, perm)
         if isinstance(module, nn.Embedding):
             new: nn.Module = QuantEmbedding(
-                rows, qtype, info.shape[1], padding_idx=module.padding_idx, compute_dtype=dtype,
+                rows, qtype, info.shape[1], padding_idx=module.padding_idx, compute_dtype=self.dtype,
                 embed_scale=_embed_scale(module),
             )
-            embeddings[module_name] = new
         else:
+            new = QuantLinear(rows, qtype, info.shape[1], chunk_elements=self.chunk)
             bias = getattr(module, "bias", None)
-            new = QuantLinear(rows, qtype, info.shape[1], chunk_elements=chunk)
-            if bias is not None:  # filled later (or already) by its own GGUF tensor
-                new.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias.device.type != "meta" else bias
-        _replace(model, module_name, new)
-        fill.quantized.append(module_name)
+            if bias is not None:  # keep the slot (or the value) for the bias's own GGUF tensor
+                new.bias = bias if bias.device.type == "meta" else nn.Parameter(bias.detach(), requires_grad=False)
+        _replace(self.model, module_name, new)
+        self.fill.quantized.append(module_name)
 
-    _tie_output_head(model, embeddings, fill, chunk)
-    _materialize_meta_buffers(model, device)
-    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if missing:
-        raise GgufError(f"the GGUF has no tensor for {len(missing)} model parameters, e.g. {missing[:3]}")
-    model.requires_grad_(False)
-    fill.base_bytes = base_weight_bytes(model)
-    return fill
+    def finish(self) -> QuantizedFill:
+        _tie_output_head(self.model, self.fill, self.chunk)
+        _materialize_meta_buffers(self.model, self.device)
+        missing = [n for n, p in self.model.named_parameters() if p.device.type == "meta"]
+        if missing:
+            raise GgufError(f"the GGUF has no tensor for {len(missing)} model parameters, e.g. {missing[:3]}")
+        self.model.requires_grad_(False)
+        self.fill.base_bytes = base_weight_bytes(self.model)
+        return self.fill
 
 
-def _tie_output_head(model: nn.Module, embeddings: dict[str, nn.Module], fill: QuantizedFill, chunk: int) -> None:
+def _tie_output_head(model: nn.Module, fill: QuantizedFill, chunk: int) -> None:
     """A GGUF without ``output.weight`` reuses the token embedding as the head: share its bytes, copy nothing."""
     from torch import nn
 
@@ -225,6 +259,8 @@ def load_quantized_from_gguf(
     arch: str | None = None,
     dtype: "torch.dtype | None" = None,
     device: "torch.device | str" = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    stop_event: threading.Event | None = None,
 ) -> QuantizedFill:
     """``fill_quantized_model`` with the architecture's own names and inverse transforms (``core.arch``).
 
@@ -237,9 +273,12 @@ def load_quantized_from_gguf(
     config = model.config
 
     def hf_name_for(gguf_name: str) -> str | None:
+        if gguf_name in archmod.NON_PARAMETER_TENSORS:  # rope_freqs: the loader applies them to the rotary buffers
+            return None
         return archmod.gguf_to_hf_name(spec.name, gguf_name)
 
     def transform(gguf_name: str, tensor: "torch.Tensor") -> "torch.Tensor":
         return archmod.gguf_tensor_to_hf(spec.name, gguf_name, tensor, config)[1]
 
-    return fill_quantized_model(model, gguf, hf_name_for, transform, dtype=dtype, device=device)
+    return fill_quantized_model(model, gguf, hf_name_for, transform, dtype=dtype, device=device, progress=progress,
+                                stop_event=stop_event)
