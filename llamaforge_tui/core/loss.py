@@ -125,6 +125,9 @@ def causal_lm_loss_sum(model: Any, input_ids: torch.Tensor, position_ids: torch.
     head = model.get_output_embeddings()
     config = getattr(model, "config", None)
     softcap = getattr(config, "final_logit_softcapping", None) if config is not None else None
+    if getattr(head, "weight", None) is None and hasattr(head, "cross_entropy_sum"):
+        # a head kept in GGUF blocks (weights="gguf-quantized", core.quantized): it walks the vocab in chunks
+        return head.cross_entropy_sum(rows, flat_targets.index_select(0, keep), softcap=softcap)
     return head_cross_entropy(rows, head.weight, flat_targets.index_select(0, keep), softcap=softcap)
 
 

@@ -95,6 +95,101 @@ class _LazyFunction:
 _QuantMatmul = _LazyFunction()
 
 
+# One chunk of fp32 logits in the quantized head loss stays near this size.
+HEAD_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def _make_head_cross_entropy() -> type:
+    import torch
+
+    def chunk_logits(h: torch.Tensor, w: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, Any]:
+        logits = (h @ w.t()).float()
+        if softcap:
+            t = torch.tanh(logits / softcap)
+            return t * softcap, t
+        return logits, None
+
+    class QuantHeadCrossEntropy(torch.autograd.Function):
+        """Summed CE of ``hidden @ W.T`` for a quantized head, walking the *vocabulary* in chunks.
+
+        Each chunk of head rows is dequantized once per pass (an online log-sum-exp pass, then a gradient pass),
+        instead of once per chunk of tokens; no (tokens x vocab) logits tensor ever exists. Like the trainer's
+        dense ``HeadCrossEntropy``, the gradient wrt ``hidden`` is computed in forward (the head is frozen).
+        """
+
+        @staticmethod
+        def forward(ctx: Any, hidden: torch.Tensor, qweight: torch.Tensor, qtype: Any, targets: torch.Tensor,
+                    softcap: float | None, chunk_elements: int) -> torch.Tensor:
+            n, width = hidden.shape
+            vocab = qweight.shape[0]
+            step = max(1, min(vocab, HEAD_CHUNK_BYTES // (4 * max(n, 1)), chunk_elements // max(width, 1)))
+            run_max = torch.full((n,), float("-inf"), device=hidden.device)
+            run_sum = torch.zeros(n, device=hidden.device)
+            target_logit = torch.zeros(n, device=hidden.device)
+            rows = torch.arange(n, device=hidden.device)
+            for start in range(0, vocab, step):
+                w = quants.dequantize_rows(qweight[start : start + step], qtype, width, hidden.dtype)
+                logits, _ = chunk_logits(hidden, w, softcap)
+                new_max = torch.maximum(run_max, logits.max(dim=1).values)
+                run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(dim=1)
+                run_max = new_max
+                inside = (targets >= start) & (targets < start + w.shape[0])
+                local = (targets - start).clamp(0, w.shape[0] - 1)
+                target_logit = torch.where(inside, logits[rows, local], target_logit)
+            lse = run_max + torch.log(run_sum)
+            total = (lse - target_logit).sum()
+            if ctx.needs_input_grad[0]:
+                grad = torch.zeros(n, width, dtype=torch.float32, device=hidden.device)
+                for start in range(0, vocab, step):
+                    w = quants.dequantize_rows(qweight[start : start + step], qtype, width, hidden.dtype)
+                    logits, tanh = chunk_logits(hidden, w, softcap)
+                    probs = torch.exp(logits.sub_(lse[:, None]))
+                    inside = (targets >= start) & (targets < start + w.shape[0])
+                    probs[rows[inside], (targets[inside] - start)] -= 1.0
+                    if tanh is not None:
+                        probs.mul_(1.0 - tanh * tanh)
+                    grad += (probs.to(w.dtype) @ w).float()
+                ctx.save_for_backward(grad.to(hidden.dtype))
+            return total
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: torch.Tensor) -> Any:
+            (grad,) = ctx.saved_tensors
+            return grad * grad_out.to(grad.dtype), None, None, None, None, None
+
+    return QuantHeadCrossEntropy
+
+
+_HEAD_CE: list[Any] = []
+
+
+def quant_head_cross_entropy(
+    hidden: torch.Tensor,
+    qweight: torch.Tensor,
+    qtype: GGMLQuantizationType,
+    targets: torch.Tensor,
+    *,
+    softcap: float | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """Sum of token cross-entropies of ``hidden @ W.T`` (``W`` quantized) against ``targets``, in fp32.
+
+    Same contract as ``core.loss.head_cross_entropy`` (rows that all carry a label); the matmuls run in
+    ``hidden``'s dtype, or the autocast dtype when autocast is on.
+    """
+    import torch
+
+    if hidden.shape[0] == 0:
+        return hidden.sum().float() * 0.0
+    compute = hidden.dtype
+    if torch.is_autocast_enabled(hidden.device.type):
+        compute = torch.get_autocast_dtype(hidden.device.type)
+    if not _HEAD_CE:
+        _HEAD_CE.append(_make_head_cross_entropy())
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _HEAD_CE[0].apply(hidden.to(compute), qweight, qtype, targets, softcap, chunk_elements)
+
+
 def _module_classes() -> tuple[type, type]:
     """Define the nn.Module subclasses lazily (torch is imported only inside functions in core/)."""
     global _CLASSES
@@ -139,6 +234,16 @@ def _module_classes() -> tuple[type, type]:
         def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
             """The full weight (for tests, merging and export); allocates out_features x in_features."""
             return quants.dequantize_rows(self.qweight, self.qtype, self.in_features, dtype)
+
+        def cross_entropy_sum(
+            self, hidden: torch.Tensor, targets: torch.Tensor, *, softcap: float | None = None
+        ) -> torch.Tensor:
+            """The trainer's head loss for this (output-head) layer: see ``quant_head_cross_entropy``."""
+            if self.bias is not None:
+                raise GgufError("a quantized output head with a bias is not supported by the chunked loss")
+            return quant_head_cross_entropy(
+                hidden, self.qweight, self.qtype, targets, softcap=softcap, chunk_elements=self.chunk_elements
+            )
 
         def extra_repr(self) -> str:
             return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype.name}"

@@ -247,3 +247,23 @@ def test_lora_learns_as_well_as_on_the_dequantized_path(factory, tmp_path: Path)
     assert abs(q_drop - d_drop) <= 0.10 * d_drop
     wrapped = [m for m in model.modules() if isinstance(m, LoraLinear)]
     assert wrapped and all(isinstance(m.base_layer, QuantLinear) for m in wrapped)
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_quantized_head_loss_matches_the_trainers_dense_head_loss(softcap, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from llamaforge_tui.core import quantized
+    from llamaforge_tui.core.loss import head_cross_entropy
+
+    monkeypatch.setattr(quantized, "HEAD_CHUNK_BYTES", 4 * 9 * 40)  # 40 vocab rows per chunk: 8 chunks
+    rng = np.random.default_rng(3)
+    raw = gq.quantize(rng.standard_normal((300, 64)).astype(np.float32), Q.Q8_0)
+    head = QuantLinear(torch.from_numpy(raw), Q.Q8_0, 64)
+    dense = head.dequantized_weight()
+    hidden = torch.randn(9, 64, requires_grad=True)
+    targets = torch.tensor([0, 299, 40, 39, 41, 150, 7, 7, 200])
+    got = head.cross_entropy_sum(hidden, targets, softcap=softcap)
+    want = head_cross_entropy(hidden, dense, targets, softcap=softcap)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    (g_got,) = torch.autograd.grad(got * 0.5, hidden)
+    (g_want,) = torch.autograd.grad(want * 0.5, hidden)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-5)
