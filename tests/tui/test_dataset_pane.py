@@ -16,7 +16,8 @@ from llamaforge_tui.core.errors import SourceError
 from llamaforge_tui.core.ollama_template import check_against_ollama
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.app import Services, make_app
-from llamaforge_tui.tui.widgets.dataset_pane import DatasetPane, complete_path
+from llamaforge_tui.tui.widgets.dataset_pane import DatasetPane
+from llamaforge_tui.tui.widgets.dataset_view import complete_path
 
 
 class FakeOllamaModel:
@@ -74,7 +75,9 @@ async def test_load_render_with_selected_model_stats_and_errors(dataset: Path) -
     async with app.run_test(size=(140, 44), message_hook=messages.append) as pilot:
         await pilot.press("3")
         pane = app.query_one(DatasetPane)
-        app.query_one("#dataset-path", Input).focus()
+        assert app.focused is app.query_one("#dataset-records", DataTable)
+        await pilot.press("o")
+        assert app.focused is app.query_one("#dataset-path", Input)
         app.query_one("#dataset-path", Input).value = str(dataset)
         await pilot.press("enter")
         await wait_dataset_workers(pilot)

@@ -8,7 +8,6 @@ All file and model text is shown as plain text: Content/Text objects, never mark
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.message import Message
-from textual.suggester import Suggester
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -33,54 +31,13 @@ from llamaforge_tui.core.data import (
     steps_per_epoch,
 )
 from llamaforge_tui.core.data_context import RenderContext, build_render_context, source_text
-from llamaforge_tui.core.data_records import Record, TextDoc
+from llamaforge_tui.core.data_records import Record
 from llamaforge_tui.core.errors import LlamaForgeError
+from llamaforge_tui.tui.widgets.dataset_view import PathSuggester, raw_content, rendered_content
 
 PREVIEW_LIMIT = 500
 MAX_ERRORS_SHOWN = 1000
 DEFAULT_MAX_SEQ_LEN = 2048
-TRAINED_STYLE = "bold $text-success on $success-muted"
-
-
-class PathSuggester(Suggester):
-    """Completes the last path component from the file system (folders get a trailing slash)."""
-
-    def __init__(self) -> None:
-        super().__init__(use_cache=False, case_sensitive=True)
-
-    async def get_suggestion(self, value: str) -> str | None:
-        return complete_path(value)
-
-
-def complete_path(value: str) -> str | None:
-    if not value:
-        return None
-    expanded = os.path.expanduser(value)
-    folder, prefix = os.path.split(expanded)
-    try:
-        names = sorted(e.name for e in os.scandir(folder or ".") if e.name.startswith(prefix)
-                       and (prefix.startswith(".") or not e.name.startswith(".")))
-    except OSError:
-        return None
-    if not names or names[0] == prefix:
-        return None
-    full = os.path.join(folder, names[0])
-    suffix = "/" if os.path.isdir(full) else ""
-    return value + names[0][len(prefix):] + suffix
-
-
-def rendered_content(pieces: list[tuple[str, bool]]) -> Content:
-    return Content.assemble(*((text, TRAINED_STYLE if trained else "") for text, trained in pieces))
-
-
-def raw_content(record: Record) -> Content:
-    if isinstance(record, TextDoc):
-        return Content(record.text)
-    parts: list[tuple[str, str]] = []
-    for m in record.messages:
-        parts.append((f"[{m.role}]\n", "bold"))
-        parts.append((m.content + "\n\n", TRAINED_STYLE if m.role == "assistant" else ""))
-    return Content.assemble(*parts)
 
 
 class _CancelFlag:
@@ -95,6 +52,7 @@ class _CancelFlag:
 
 class DatasetPane(Vertical):
     BINDINGS = [
+        Binding("o", "open", "Open file", id="dataset.open"),
         Binding("ctrl+r", "reload", "Reload", id="dataset.reload"),
         Binding("ctrl+k", "stop_scan", "Stop scan", id="dataset.stop_scan"),
     ]
@@ -151,11 +109,11 @@ class DatasetPane(Vertical):
         with Horizontal(id="dataset-inputs"):
             yield Input(placeholder="dataset file: JSONL, JSON, CSV/TSV, text (Tab completes)",
                         suggester=PathSuggester(), id="dataset-path")
-            yield Input(placeholder="model source (default: the model selected in Models)", id="dataset-model")
+            yield Input(placeholder="model: the one selected in Models, or a source", id="dataset-model")
             yield Input(placeholder="format: auto", id="dataset-format")
             yield Input(placeholder="template: auto", id="dataset-template")
             yield Input(value=str(DEFAULT_MAX_SEQ_LEN), placeholder="max len", type="integer", id="dataset-max-len")
-        yield Static(Content("Type a dataset path and press Enter."), id="dataset-summary")
+        yield Static(Content("Press o, type a dataset path (Tab completes) and press Enter."), id="dataset-summary")
         with Horizontal(id="dataset-body"):
             yield DataTable(cursor_type="row", zebra_stripes=True, id="dataset-records")
             with Vertical(id="dataset-detail"):
@@ -171,6 +129,14 @@ class DatasetPane(Vertical):
         self.query_one("#dataset-errors", DataTable).add_columns("line", "reason")
         self.query_one("#dataset-progress", ProgressBar).display = False
         self.watch(self.app, "selected_model", self._selected_model_changed, init=True)
+
+    def focus_default(self) -> None:
+        """Called by the app when the pane is shown. The records table, not an input, so the number keys
+        still switch panes; ``o`` jumps to the path input."""
+        self.query_one("#dataset-records", DataTable).focus()
+
+    def action_open(self) -> None:
+        self.query_one("#dataset-path", Input).focus()
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -258,6 +224,7 @@ class DatasetPane(Vertical):
         table.clear()
         for line, reason in rows[:MAX_ERRORS_SHOWN]:
             table.add_row(str(line), Text(reason))
+        table.display = bool(rows)
         title = f"Errors ({len(rows)})" if rows else "Errors: none"
         self.query_one("#dataset-errors-title", Label).update(Content(title))
 
@@ -406,10 +373,10 @@ class DatasetPane(Vertical):
         stats_view.update(Content("\n".join(lines)))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if event.state == WorkerState.ERROR and (worker.group or "").startswith("dataset"):
+        """The app notifies worker failures; here only the pane's own state is cleaned up."""
+        if event.state == WorkerState.ERROR and (event.worker.group or "").startswith("dataset"):
             self.query_one("#dataset-progress", ProgressBar).display = False
-            self.notify(f"{worker.description}: {worker.error}", title="Dataset", severity="error")
+            self._summary(Content.assemble(("error: ", "bold $text-error"), (str(event.worker.error), "")))
 
     def dataset_path(self) -> Path | None:
         return Path(self.load.path) if self.load is not None else None
