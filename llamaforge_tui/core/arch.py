@@ -120,8 +120,8 @@ def config_dict_from_gguf(gguf: GgufFile, spec: ArchSpec | None = None) -> dict[
     }
     for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id")):
         value = gguf.get(f"tokenizer.ggml.{role}_token_id")
-        if isinstance(value, int):
-            cfg[key] = value
+        # explicit None rather than a config class default (Phi-3's pad 32000 would not even fit a small vocab)
+        cfg[key] = value if isinstance(value, int) and 0 <= value < embd.shape[0] else None
     if spec.name in ("llama", "mistral", "qwen2"):
         cfg["attention_bias"] = gguf.has_tensor("blk.0.attn_q.bias")
     if spec.name == "qwen2":
