@@ -98,12 +98,18 @@ def marked(pieces: list[tuple[str, bool]], color: bool) -> str:
     return "".join(f"«{t}»" if trained else t for t, trained in pieces)
 
 
+def _over_what(stats: Any) -> str:
+    if stats.split_documents:
+        return f"conversations truncated, {stats.split_documents} text documents split into pieces"
+    return "truncated"
+
+
 def _stats_text(scan: StatsScan, args: argparse.Namespace) -> list[str]:
     s = scan.stats
     return [
         f"tokens    per example: min {s.min} · median {s.median} · p95 {s.p95} · max {s.max}",
-        f"          {s.over_max_seq_len} over max_seq_len {args.max_seq_len} (truncated); "
-        f"{s.total_trainable:,} trainable tokens",
+        f"          {s.over_max_seq_len} over max_seq_len {args.max_seq_len} ({_over_what(s)}); "
+        f"{s.total_trainable:,} trainable tokens in {s.examples} examples",
         f"steps     {steps_per_epoch(s.examples, args.batch_size, args.grad_accum)} per epoch "
         f"(batch {args.batch_size} × accumulation {args.grad_accum})",
     ]

@@ -205,7 +205,7 @@ def prepare_dataset(path: str | Path, tokenizer: PreTrainedTokenizerBase, templa
     n = len(loaded.records)
     for i, record in enumerate(loaded.records):
         try:
-            examples.append(encoder.encode(record))
+            examples.extend(encoder.encode_all(record))
         except RecordRejected as exc:
             errors.append(RecordError(exc.line, exc.reason))
             if policy == "strict":
@@ -214,7 +214,8 @@ def prepare_dataset(path: str | Path, tokenizer: PreTrainedTokenizerBase, templa
             progress(i + 1, n)
     if not examples:
         shown = "; ".join(f"line {e.line}: {e.reason}" for e in errors[:3])
-        raise DatasetError(f"{path}: no trainable tokens in any record ({shown})")
+        raise DatasetError(f"{path}: no trainable tokens in any record ({shown}); each record needs an "
+                           f"assistant reply (or text) within max_seq_len {max_seq_len}")
     errors.sort(key=lambda e: e.line)
     train_idx, eval_idx = split_indices(len(examples), eval_split, seed)
     stats = token_stats(examples, max_seq_len)
@@ -280,7 +281,7 @@ def scan_token_stats(path: str | Path, tokenizer: PreTrainedTokenizerBase | None
             valid += 1
             continue
         try:
-            acc.add(encoder.encode(item))
+            acc.add_record(encoder.encode_all(item))
             valid += 1
         except RecordRejected as exc:
             rejected += 1
@@ -293,8 +294,11 @@ def scan_token_stats(path: str | Path, tokenizer: PreTrainedTokenizerBase | None
         if not errors:
             raise DatasetError(f"empty dataset: {path} has no records; expected {EXPECTED_SHAPES}")
         shown = "; ".join(f"line {e.line}: {e.reason}" for e in errors[:3])
-        what = "no trainable tokens in any record" if rejected else "no valid records"
-        raise DatasetError(f"{what} in {path} ({len(errors) + dropped} invalid): {shown}")
+        if rejected:
+            raise DatasetError(f"no trainable tokens in any record of {path} ({len(errors) + dropped} invalid): "
+                               f"{shown}; each record needs an assistant reply (or text) within max_seq_len "
+                               f"{max_seq_len}")
+        raise DatasetError(f"no valid records in {path} ({len(errors) + dropped} invalid): {shown}")
     return StatsScan(acc.result(), fmt, total, valid, errors, dropped, cancelled)
 
 

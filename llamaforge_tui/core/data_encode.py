@@ -42,8 +42,9 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     line: int = 0
-    length: int = 0  # tokens before truncation
+    length: int = 0  # tokens of the whole record, before truncation or splitting
     truncated: bool = False
+    chunk: int = 0  # position of this piece when a long text document is split into several examples
 
     @property
     def trainable(self) -> int:
@@ -163,6 +164,25 @@ class RecordEncoder:
         return example
 
 
+    def encode_all(self, record: Record) -> list[Example]:
+        """Like :meth:`encode`, but a text document longer than ``max_seq_len`` is split into consecutive
+        windows instead of truncated: continued pre-training on a long file should see all of it."""
+        if not isinstance(record, TextDoc) or self.max_seq_len is None:
+            return [self.encode(record)]
+        _text, ids, _offsets, trained = self.tokens(record)
+        n, size = len(ids), self.max_seq_len
+        if n <= size:
+            return [self.encode(record)]
+        out: list[Example] = []
+        for k, start in enumerate(range(0, n, size)):
+            piece = ids[start:start + size]
+            if len(piece) < 2:  # a one-token tail predicts nothing
+                continue
+            labels = [t if flag else IGNORE_INDEX for t, flag in zip(piece, trained[start:start + size])]
+            out.append(Example(piece, labels, record.line, n, False, k))
+        return out
+
+
 def encode_record(record: Record, tokenizer: PreTrainedTokenizerBase, template: ChatTemplateChoice | None,
                   max_seq_len: int | None) -> Example:
     """One record -> Example(input_ids, labels), truncated to ``max_seq_len``; raises RecordRejected."""
@@ -202,16 +222,19 @@ class TokenStats:
     median: int
     p95: int
     max: int
-    over_max_seq_len: int  # examples longer than max_seq_len (they are truncated)
+    over_max_seq_len: int  # records longer than max_seq_len (conversations are truncated, documents split)
     total_trainable: int  # tokens with a label, after truncation
-    examples: int
+    examples: int  # training examples (a split document counts once per piece)
     total_tokens: int = 0  # after truncation
     max_seq_len: int | None = None
+    records: int = 0  # records measured (min/median/p95/max are over these)
+    split_documents: int = 0  # text documents split into several examples rather than truncated
 
     def to_dict(self) -> dict[str, Any]:
         return {"min": self.min, "median": self.median, "p95": self.p95, "max": self.max,
                 "over_max_seq_len": self.over_max_seq_len, "total_trainable": self.total_trainable,
-                "examples": self.examples, "total_tokens": self.total_tokens, "max_seq_len": self.max_seq_len}
+                "examples": self.examples, "total_tokens": self.total_tokens, "max_seq_len": self.max_seq_len,
+                "records": self.records, "split_documents": self.split_documents}
 
 
 def _percentile(counts: Counter[int], n: int, q: float) -> int:
@@ -231,30 +254,50 @@ class StatsAccumulator:
 
     max_seq_len: int | None = None
     lengths: Counter[int] = field(default_factory=Counter)
+    records: int = 0
     examples: int = 0
     over: int = 0
+    split: int = 0
     trainable: int = 0
     tokens: int = 0
 
     def add(self, example: Example) -> None:
-        self.lengths[example.length] += 1
-        self.examples += 1
-        self.over += int(example.truncated)
-        self.trainable += example.trainable
-        self.tokens += len(example.input_ids)
+        self.add_record([example])
+
+    def add_record(self, examples: list[Example]) -> None:
+        """The examples one record became (several for a split document)."""
+        if not examples:
+            return
+        length = examples[0].length
+        self.lengths[length] += 1
+        self.records += 1
+        self.examples += len(examples)
+        self.over += int(examples[0].truncated or len(examples) > 1
+                         or (self.max_seq_len is not None and length > self.max_seq_len))
+        self.split += int(len(examples) > 1)
+        for ex in examples:
+            self.trainable += ex.trainable
+            self.tokens += len(ex.input_ids)
 
     def result(self) -> TokenStats:
-        if not self.examples:
+        if not self.records:
             return TokenStats(0, 0, 0, 0, 0, 0, 0, 0, self.max_seq_len)
-        n = self.examples
+        n = self.records
         return TokenStats(min(self.lengths), _percentile(self.lengths, n, 0.5), _percentile(self.lengths, n, 0.95),
-                          max(self.lengths), self.over, self.trainable, n, self.tokens, self.max_seq_len)
+                          max(self.lengths), self.over, self.trainable, self.examples, self.tokens, self.max_seq_len,
+                          n, self.split)
 
 
 def token_stats(examples: list[Example], max_seq_len: int | None = None) -> TokenStats:
+    """Stats over encoded examples; consecutive pieces of one split document count as one record."""
     acc = StatsAccumulator(max_seq_len)
+    group: list[Example] = []
     for ex in examples:
-        acc.add(ex)
+        if group and ex.chunk == 0:
+            acc.add_record(group)
+            group = []
+        group.append(ex)
+    acc.add_record(group)
     return acc.result()
 
 

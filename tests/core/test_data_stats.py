@@ -139,3 +139,20 @@ def test_preview_of_a_big_file_is_instant(tmp_path: Path) -> None:
     loaded = load_dataset(path, limit=100)
     assert time.perf_counter() - t0 < 1.0
     assert loaded.total == 100 and not loaded.complete
+
+
+def test_long_text_documents_are_split_not_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "book.txt"
+    path.write_text(("The Acme Kettle boils water in three minutes. " * 30) + "\n\nShort paragraph.\n", encoding="utf-8")
+    tok = make_tokenizer("llama3")
+    prepared = prepare_dataset(path, tok, None, max_seq_len=32)
+    pieces = [e for e in prepared.train if e.line == 1]
+    assert len(pieces) > 3 and [e.chunk for e in pieces] == list(range(len(pieces)))
+    assert all(len(e.input_ids) <= 32 and not e.truncated for e in pieces)
+    whole = sum((e.input_ids for e in pieces), [])
+    assert whole[0] == tok.bos_token_id and whole[-1] == tok.eos_token_id and len(whole) == pieces[0].length
+    stats = prepared.stats
+    assert (stats.records, stats.examples, stats.split_documents, stats.over_max_seq_len) == (2, len(pieces) + 1, 1, 1)
+    assert stats.max == pieces[0].length
+    scan = scan_token_stats(path, tok, None, max_seq_len=32)
+    assert scan.stats == stats

@@ -364,7 +364,8 @@ class DatasetPane(Vertical):
             s = scan.stats
             lines += [
                 f"tokens/example: min {s.min} · median {s.median} · p95 {s.p95} · max {s.max}",
-                f"over max_seq_len {self.max_seq_len}: {s.over_max_seq_len} (truncated) · "
+                f"over max_seq_len {self.max_seq_len}: {s.over_max_seq_len} "
+                f"({'split into pieces' if s.split_documents else 'truncated'}) · "
                 f"trainable tokens: {s.total_trainable:,}",
                 "steps/epoch: " + " · ".join(f"{steps_per_epoch(s.examples, b)} at batch {b}" for b in (1, 4, 16)),
             ]
