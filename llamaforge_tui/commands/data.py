@@ -99,8 +99,10 @@ def marked(pieces: list[tuple[str, bool]], color: bool) -> str:
 
 
 def _over_what(stats: Any) -> str:
+    if stats.split_documents == stats.over_max_seq_len and stats.split_documents:
+        return "split into pieces"
     if stats.split_documents:
-        return f"conversations truncated, {stats.split_documents} text documents split into pieces"
+        return f"{stats.split_documents} text document(s) split into pieces, the others truncated"
     return "truncated"
 
 
