@@ -218,3 +218,13 @@ def test_limit_reads_only_the_first_records(tmp_path: Path) -> None:
     assert len(loaded.records) == 10 and not loaded.complete
     items = list(iter_records(path, limit=3))
     assert [i.line for i in items] == [1, 2, 3]
+
+
+def test_json_array_bad_bytes_and_single_record_object(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_bytes(b'[{"prompt": "ok", "completion": "fine"},\n {"prompt": "caf\xe9", "completion": "x"}]')
+    loaded = load_dataset(path)
+    assert len(loaded.records) == 1 and loaded.errors[0].line == 2 and "non-UTF-8" in loaded.errors[0].reason
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps(CHAT, indent=2), encoding="utf-8")
+    assert load_dataset(single).records[0].messages[-1].content == "Goodbye."

@@ -36,7 +36,9 @@ def fake_loader(calls: list[Any]):  # noqa: ANN201
         family = "chatml" if "qwen" in source else "gemma"
         tok = make_tokenizer(family)
         choice = resolve_chat_template(tok, None, override=template_override)
-        return RenderContext(source, tok, choice, None, check_against_ollama(tok, choice, None), [])
+        ollama = "{{ range .Messages }}{{ .Content }}{{ end }}" if family == "chatml" else None
+        check = check_against_ollama(tok, choice, ollama)
+        return RenderContext(source, tok, choice, None, check, [w for w in (check.warning,) if w])
     return load
 
 
@@ -102,6 +104,7 @@ async def test_load_render_with_selected_model_stats_and_errors(dataset: Path) -
         assert "<start_of_turn>model\nPlain text [red]stays[/red] plain.<end_of_turn>" in str(rendered)
         trained = [str(rendered)[s.start:s.end] for s in rendered.spans if "success" in str(s.style)]
         assert trained == ["Plain text [red]stays[/red] plain.<end_of_turn>"]
+        assert any(isinstance(m, DatasetPane.ScanProgress) for m in messages)  # the full pass reports progress
         stats = text_of(pilot, "#dataset-stats")
         assert "3 records · 2 valid · 1 invalid" in stats and "median" in stats and "steps/epoch: 2 at batch 1" in stats
 
@@ -126,6 +129,7 @@ async def test_typed_source_overrides_selection_and_errors_are_reported(dataset:
         await wait_dataset_workers(pilot)
         assert calls == ["ollama:qwen2.5:0.5b"]
         assert "<|im_start|>assistant\n" in text_of(pilot, "#dataset-render")
+        assert "warning: the chatml template and Ollama's TEMPLATE differ" in text_of(pilot, "#dataset-summary")
         app.selected_model = FakeOllamaModel()  # ignored while a source is typed
         await wait_dataset_workers(pilot)
         assert calls == ["ollama:qwen2.5:0.5b"]
