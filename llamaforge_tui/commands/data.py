@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--policy", choices=POLICIES, default="skip",
                         help="skip bad records (default) or fail on them")
     parser.add_argument("--template", metavar="NAME|FILE",
-                        help="chat template override: gemma, llama3, chatml, mistral, phi3, plain, or a Jinja file")
+                        help="chat template override: gemma, llama3, chatml, mistral, phi3, plain, ollama (the Ollama "
+                             "model's own TEMPLATE layer), or a Jinja file")
     parser.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                         help="map a column/key to a field, e.g. instruction=question (repeatable)")
     parser.add_argument("--weights", default="gguf", choices=("gguf", "hf", "gguf-quantized"),

@@ -99,10 +99,11 @@ ARCH_FAMILIES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3
 class ChatTemplateChoice:
     """Which template renders conversations, and why (shown to the user in the CLI and the pane)."""
 
-    name: str  # family name ("gemma", "chatml", ...), "custom" for a template we do not recognise
-    template: str  # Jinja source, rendered with transformers' apply_chat_template
+    name: str  # family name ("gemma", "chatml", ...), "ollama", or "custom" for a template we do not recognise
+    template: str  # the source: Jinja (transformers' apply_chat_template) or, for syntax "go", Ollama's TEMPLATE
     origin: str  # "tokenizer", "gguf", "override", "family", "fallback" (or the bundle's template_origin)
     reason: str = ""  # one line for people: "architecture gemma3, <start_of_turn> in the vocabulary"
+    syntax: str = "jinja"  # "go": rendered exactly as Ollama renders its TEMPLATE layer (go_template.py)
 
     def describe(self) -> str:
         return f"{self.name} ({self.origin}{': ' + self.reason if self.reason else ''})"
@@ -143,6 +144,9 @@ def family_for(tokenizer: Any, architecture: str | None) -> tuple[str | None, st
     return None, f"no known turn tokens in the vocabulary (architecture {arch or 'unknown'})"
 
 
+OLLAMA_OVERRIDE = "ollama"
+
+
 def _split_bundle(source: Any) -> tuple[Any, str | None, str | None, str | None]:
     """(tokenizer, chat template, template origin, architecture) from a TokenizerBundle or a bare tokenizer."""
     if hasattr(source, "tokenizer") and hasattr(source, "chat_template"):
@@ -151,15 +155,29 @@ def _split_bundle(source: Any) -> tuple[Any, str | None, str | None, str | None]
     return source, getattr(source, "chat_template", None), None, None
 
 
-def resolve_chat_template(source: Any, architecture: str | None = None, override: str | None = None) -> ChatTemplateChoice:
+def resolve_chat_template(source: Any, architecture: str | None = None, override: str | None = None, *,
+                          ollama_template: str | None = None) -> ChatTemplateChoice:
     """Pick the template for ``source`` (a SOURCES ``TokenizerBundle`` or a tokenizer).
 
-    Order: ``override`` (a family name, a path to a Jinja file, or Jinja text); the model's own template
-    (HF tokenizer or GGUF ``tokenizer.chat_template``); the family matching the architecture and the
-    special tokens present; the plain format.
+    Order: ``override`` (a family name, ``"ollama"``, a path to a Jinja file, or Jinja text); the model's
+    own template (HF tokenizer or GGUF ``tokenizer.chat_template``); the family matching the architecture
+    and the special tokens present; the plain format. ``"ollama"`` trains with the Ollama model's TEMPLATE
+    layer itself (``ollama_template``, or the bundle's), so training renders exactly what Ollama sends.
     """
     tokenizer, own, own_origin, bundle_arch = _split_bundle(source)
     architecture = architecture or bundle_arch
+    if override and override.strip().lower() == OLLAMA_OVERRIDE:
+        go_text = ollama_template or getattr(source, "ollama_template", None)
+        if not go_text:
+            raise DatasetError("the 'ollama' chat template needs an Ollama model with a TEMPLATE layer "
+                               "(model source ollama:NAME[:TAG])")
+        from llamaforge_tui.core.go_template import GoTemplateError, parse
+
+        try:
+            parse(go_text)
+        except GoTemplateError as exc:
+            raise DatasetError(f"cannot train with the Ollama TEMPLATE: {exc}") from exc
+        return ChatTemplateChoice(OLLAMA_OVERRIDE, go_text, "override", "the Ollama model's TEMPLATE layer", "go")
     if override:
         return _from_override(override)
     if own:
@@ -186,12 +204,21 @@ def _from_override(override: str) -> ChatTemplateChoice:
             raise DatasetError(f"cannot read chat template {path}: {exc}") from exc
         return ChatTemplateChoice(family_of_template(text) or "custom", text, "override", f"from {path}")
     raise DatasetError(f"unknown chat template {override!r}; use one of {', '.join(FAMILY_TEMPLATES)}, "
-                       "a path to a Jinja file, or Jinja text")
+                       "ollama (the Ollama model's TEMPLATE), a path to a Jinja file, or Jinja text")
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, template: ChatTemplateChoice, messages: list[dict[str, str]],
                 *, add_generation_prompt: bool = False) -> str:
-    """Render messages to text exactly as training will see them (transformers' Jinja environment)."""
+    """Render messages to text exactly as training will see them (transformers' Jinja environment, or
+    Ollama's rules for a Go TEMPLATE: there a conversation ending with a user turn gets the reply header)."""
+    if template.syntax == "go":
+        from llamaforge_tui.core.go_template import GoTemplateError
+        from llamaforge_tui.core.ollama_template import render_ollama
+
+        try:
+            return render_ollama(template.template, messages)
+        except GoTemplateError as exc:
+            raise DatasetError(f"the Ollama TEMPLATE failed to render: {exc}") from exc
     from jinja2 import TemplateError
 
     try:

@@ -61,13 +61,16 @@ def build_render_context(model: Any, settings: Settings | None, *, template_over
 
     source = source_text(model)
     bundle = load_tokenizer(source, settings, weights=weights)
-    choice = resolve_chat_template(bundle, getattr(bundle, "architecture", None), override=template_override)
     ollama_template = getattr(bundle, "ollama_template", None)
     if ollama_template is None and model is not None and not isinstance(model, str):
         ollama_template = model.read_layer_text("template")
+    choice = resolve_chat_template(bundle, getattr(bundle, "architecture", None), override=template_override,
+                                   ollama_template=ollama_template)
     system = _system_layer(source, settings, model) if ollama_template else None
     check = check_against_ollama(bundle.tokenizer, choice, ollama_template, system_layer=system)
     warnings = [w for w in (check.warning,) if w] + check.notes
+    if check.status == "differ":
+        warnings.append("to train exactly as Ollama renders, choose the chat template 'ollama' (its TEMPLATE layer)")
     if choice.origin == "fallback":
         warnings.append(f"no chat template fits this model ({choice.reason}); using the plain format")
     return RenderContext(source, bundle.tokenizer, choice, getattr(bundle, "architecture", None), check, warnings)

@@ -68,6 +68,8 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase, template: ChatTemplateCh
                     conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of the assistant's replies in it."""
     msgs = conversation.as_dicts()
+    if template.syntax == "go":
+        return _go_spans(tokenizer, template, conversation)
     full = render_chat(tokenizer, template, msgs)
     markers = _special_texts(tokenizer)
     spans: list[tuple[int, int]] = []
@@ -76,12 +78,40 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase, template: ChatTemplateCh
             continue
         start = _common_prefix(render_chat(tokenizer, template, msgs[:i], add_generation_prompt=True), full)
         end = _common_prefix(render_chat(tokenizer, template, msgs[: i + 1]), full)
-        probe = msg["content"].strip()[:64]
-        if end <= start or probe not in full[start:end]:
-            raise RecordRejected(conversation.line, f"chat template {template.name} does not render assistant "
-                                 f"message {i + 1} as one contiguous span, so its loss cannot be masked")
+        _check_span(conversation, template, full, start, end, i)
         spans.append((start, _trim_after_marker(full, start, end, markers)))
     return full, spans
+
+
+def _check_span(conversation: Conversation, template: ChatTemplateChoice, full: str, start: int, end: int,
+                i: int) -> None:
+    probe = conversation.messages[i].content.strip()[:64]
+    if end <= start or probe not in full[start:end]:
+        raise RecordRejected(conversation.line, f"chat template {template.name} does not render assistant "
+                             f"message {i + 1} as one contiguous span, so its loss cannot be masked")
+
+
+def _go_spans(tokenizer: PreTrainedTokenizerBase, template: ChatTemplateChoice,
+              conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
+    """Spans for an Ollama (Go) TEMPLATE. Ollama renders prompts only: the last message is left open (no
+    end marker, or a reply header after it). So the conversation is rendered with one more user turn, which
+    closes every reply as a mid-conversation turn, and the text is cut after the last reply. A reply's span
+    is its text plus the end marker written right after it (``<end_of_turn>``, ``<|im_end|>``, eos...)."""
+    msgs = conversation.as_dicts()
+    full = render_chat(tokenizer, template, [*msgs, {"role": "user", "content": "\u2063"}])
+    markers = sorted(_special_texts(tokenizer), key=len, reverse=True)
+    spans: list[tuple[int, int]] = []
+    for i, msg in enumerate(msgs):
+        if msg["role"] != "assistant":
+            continue
+        start = _common_prefix(render_chat(tokenizer, template, msgs[:i]), full)
+        at = full.find(msg["content"], start)
+        if at < 0 or full[start:at].strip():
+            _check_span(conversation, template, full, start, start, i)
+        end = at + len(msg["content"])
+        marker = next((m for m in markers if full.startswith(m, end)), "")
+        spans.append((start, end + len(marker)))
+    return full[: spans[-1][1]] if spans else full, spans
 
 
 def _special_texts(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
@@ -129,7 +159,12 @@ class RecordEncoder:
         else:
             if self.template is None:
                 raise DatasetError("a chat template is needed to render conversations")
-            text, spans = assistant_spans(self.tokenizer, self.template, record)
+            try:
+                text, spans = assistant_spans(self.tokenizer, self.template, record)
+            except RecordRejected:
+                raise
+            except DatasetError as exc:  # a template that refuses this record (raise_exception, bad roles)
+                raise RecordRejected(record.line, str(exc)) from exc
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = list(enc["input_ids"])
         offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]

@@ -52,3 +52,19 @@ def test_ollama_model_object_with_differing_template_and_system_layer(store: Pat
     assert ctx.check.status == "differ" and "system-user" in ctx.check.message
     assert any("SYSTEM prompt" in w and "You are Lumi." in w for w in ctx.warnings)
     assert any("differ" in w for w in ctx.warnings)
+
+
+def test_context_hint_and_ollama_override_with_a_fake_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fixtures.data_tokenizers import make_tokenizer
+
+    from llamaforge_tui.core import loading
+
+    def fake_load_tokenizer(source: str, settings: object, weights: str = "gguf") -> loading.TokenizerBundle:
+        return loading.TokenizerBundle(make_tokenizer("gemma"), None, "none", "gemma3", SYSTEM_AS_TURN)
+
+    monkeypatch.setattr(loading, "load_tokenizer", fake_load_tokenizer)
+    ctx = build_render_context("/models/some.gguf", Settings())
+    assert ctx.template.name == "gemma" and ctx.check.status == "differ"
+    assert any("choose the chat template 'ollama'" in w for w in ctx.warnings)
+    exact = build_render_context("/models/some.gguf", Settings(), template_override="ollama")
+    assert (exact.template.syntax, exact.check.status, exact.warnings) == ("go", "match", [])

@@ -149,3 +149,43 @@ def test_broken_template_is_a_clear_error() -> None:
     choice = resolve_chat_template(tok, None, override="{% for m in messages %}{{ m['content'] }")
     with pytest.raises(DatasetError, match="failed to render"):
         encode_record(CONV, tok, choice, 100)
+
+
+# Ollama-style Go templates written for these tests: one folds the system prompt into the first user turn
+# with a single newline, one leaves the last message open (no end marker) as recent library templates do.
+GO_GEMMA = ('{{- $system := .System }}{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 }}'
+            '{{- if eq .Role "user" }}<start_of_turn>user\n{{- if and (eq $i 1) $system }}\n{{ $system }}{{- end }}\n'
+            '{{ .Content }}<end_of_turn>\n{{ else if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}'
+            '<end_of_turn>\n{{ end }}{{- if $last }}<start_of_turn>model\n{{ end }}{{- end }}\n')
+GO_OPEN_LAST = ('{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 -}}'
+                '<|im_start|>{{ .Role }}\n{{ .Content }}{{ if not $last }}<|im_end|>\n{{ end }}'
+                '{{ if and $last (ne .Role "assistant") }}<|im_end|>\n<|im_start|>assistant\n{{ end }}{{- end }}')
+
+
+@pytest.mark.parametrize(("family", "go", "end"), [("gemma", GO_GEMMA, "<end_of_turn>"),
+                                                   ("chatml", GO_OPEN_LAST, "<|im_end|>")])
+def test_training_with_the_ollama_template_itself(family: str, go: str, end: str) -> None:
+    tok = make_tokenizer(family)
+    choice = resolve_chat_template(tok, None, override="ollama", ollama_template=go)
+    assert (choice.name, choice.syntax, choice.origin) == ("ollama", "go", "override")
+    ex = encode_record(CONV, tok, choice, 4096)
+    trained = trained_text(tok, ex)
+    assert trained == f"Hold the power button for ten seconds.{end}The capital of France is Paris.{end}"
+    full = tok.decode(ex.input_ids)
+    assert full.endswith(f"Paris.{end}")  # the last reply is closed and nothing is rendered after it
+    if family == "gemma":
+        assert "<start_of_turn>user\nYou are a helpful assistant for the Acme store.\nHow can I" in full
+    from llamaforge_tui.core.ollama_template import check_against_ollama
+
+    assert check_against_ollama(tok, choice, go).status == "match"
+
+
+def test_ollama_template_override_needs_a_usable_template() -> None:
+    tok = make_tokenizer("chatml")
+    with pytest.raises(DatasetError, match="needs an Ollama model with a TEMPLATE layer"):
+        resolve_chat_template(tok, None, override="ollama")
+    with pytest.raises(DatasetError, match="cannot train with the Ollama TEMPLATE"):
+        resolve_chat_template(tok, None, override="ollama", ollama_template="{{ template \"x\" }}")
+    choice = resolve_chat_template(tok, None, override="ollama", ollama_template="{{ range .Messages }}{{ .Nope }}{{ end }}")
+    with pytest.raises(RecordRejected, match="Ollama TEMPLATE failed to render"):
+        encode_record(CONV, tok, choice, 4096)
