@@ -13,6 +13,7 @@ from fixtures.data_tokenizers import make_tokenizer
 
 from llamaforge_tui.core.data import (
     Example,
+    iter_records,
     load_dataset,
     prepare_dataset,
     resolve_chat_template,
@@ -132,13 +133,17 @@ def test_streaming_token_stats_match_the_in_memory_ones_and_cancel(tmp_path: Pat
     assert scan_token_stats(path, tok, choice, max_seq_len=72, stop_event=stop).cancelled
 
 
-def test_preview_of_a_big_file_is_instant(tmp_path: Path) -> None:
+def test_preview_of_a_big_file_reads_only_its_head(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
-    _write_big(path, 30000)  # ~56 MB
+    _write_big(path, 12000)  # ~22 MB
     t0 = time.perf_counter()
     loaded = load_dataset(path, limit=100)
-    assert time.perf_counter() - t0 < 1.0
+    preview = time.perf_counter() - t0
     assert loaded.total == 100 and not loaded.complete
+    t0 = time.perf_counter()
+    assert sum(1 for _ in iter_records(path)) == 12000
+    full = time.perf_counter() - t0
+    assert preview * 10 < full, (preview, full)  # the preview cost does not grow with the file
 
 
 def test_long_text_documents_are_split_not_truncated(tmp_path: Path) -> None:

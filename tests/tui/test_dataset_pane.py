@@ -56,13 +56,13 @@ def dataset(tmp_path: Path) -> Path:
 
 async def wait_dataset_workers(pilot: Any) -> None:
     """Wait for the pane's workers only (the Train pane may run endless pollers)."""
-    for _ in range(200):
+    for _ in range(600):  # up to ~30 s on a loaded machine
         await pilot.pause()
         busy = [w for w in pilot.app.workers if (w.group or "").startswith("dataset") and not w.is_finished]
         if not busy:
             await pilot.pause()
             return
-        await pilot.pause(0.02)
+        await pilot.pause(0.05)
     raise AssertionError("dataset workers did not finish")
 
 
