@@ -60,3 +60,19 @@ def test_adapter_modelfile_says_from_source_and_adapter() -> None:
     text = spec.render()
     assert "FROM gemma3:270m\nADAPTER ./adapter.gguf\n" in text
     assert json.dumps("<eos>") in text
+
+
+def test_go_templates_render_exactly_what_training_renders() -> None:
+    """Each family's Go TEMPLATE, run by the Go-template evaluator as Ollama would, gives the Jinja text."""
+    import pytest
+
+    from fixtures.data_tokenizers import make_tokenizer
+    from llamaforge_tui.core.chat_templates import FAMILY_TEMPLATES, ChatTemplateChoice
+    from llamaforge_tui.core.ollama_template import check_against_ollama
+
+    for family in ("gemma", "chatml", "llama3", "phi3", "mistral", "plain"):
+        tok = make_tokenizer("chatml" if family == "plain" else family)
+        spec = from_template_family("./m.gguf", family, eos_token=tok.eos_token)
+        check = check_against_ollama(tok, ChatTemplateChoice(family, FAMILY_TEMPLATES[family], "family"), spec.template)
+        if check.status != "match":
+            pytest.fail(f"{family}: {check.message}")
