@@ -2,7 +2,7 @@
 
 Ollama renders prompts with Go templates; training renders them with Jinja. To check that the two
 agree we evaluate the Go side here: text, ``{{- -}}`` trimming, comments, ``if / else if / else``,
-``range`` (with ``$i, $x :=``), ``with``, variables (``:=``, ``=``), fields (``.Role``, ``$.System``),
+``range`` (with ``$i, $x :=``, ``break``, ``continue``), ``with``, variables (``:=``, ``=``), fields (``.Role``, ``$.System``),
 pipelines with ``|`` and parentheses, and the functions ``and or not eq ne lt le gt ge len index
 slice print printf println json``. Anything else raises :class:`GoTemplateError`, so a caller can say
 honestly that a template could not be evaluated instead of guessing.
@@ -140,6 +140,12 @@ FUNCS: dict[str, Callable[..., Any]] = {
 }
 
 
+class _LoopControl(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
 class _Scope:
     def __init__(self, root: Any) -> None:
         self.frames: list[dict[str, Any]] = [{"$": root}]
@@ -251,6 +257,8 @@ class _Evaluator:
                 self.branch(node, dot)
             elif node.kind == "range":
                 self.range(node, dot)
+            elif node.kind in ("break", "continue"):
+                raise _LoopControl(node.kind)
 
     def branch(self, node: Node, dot: Any) -> None:
         self.scope.push()
@@ -287,8 +295,13 @@ class _Evaluator:
                 elif len(pipe.decl) == 2:
                     self.scope.declare(pipe.decl[0], key)
                     self.scope.declare(pipe.decl[1], item)
-                self.nodes(body, item)
-                self.scope.pop()
+                try:
+                    self.nodes(body, item)
+                except _LoopControl as ctl:
+                    if ctl.kind == "break":
+                        break
+                finally:
+                    self.scope.pop()
             if not items and node.else_body is not None:
                 self.nodes(node.else_body, dot)
         finally:

@@ -208,7 +208,11 @@ def parse(src: str) -> list[Node]:
             if not stack:
                 raise GoTemplateError("unexpected {{end}}")
             _node, current = stack.pop()
-        elif head in ("define", "template", "block", "break", "continue"):
+        elif head in ("break", "continue"):
+            if not any(block.kind == "range" for block, _ in stack):
+                raise GoTemplateError(f"{{{{{head}}}}} outside {{{{range}}}}")
+            current.append(Node(head))
+        elif head in ("define", "template", "block"):
             raise GoTemplateError(f"'{head}' actions are not supported")
         else:
             current.append(Node("action", pipe=_parse_pipe(tokens)))

@@ -37,13 +37,16 @@ LLAMA3_LAST = ('{{- range $i, $m := .Messages }}{{- $last := eq (len (slice $.Me
     ("{{ json .M }}", {"M": {"a": "<b>"}}, '{"a":"\\u003cb\\u003e"}'),
     ("{{/* comment */}}{{ eq .R \"x\" \"y\" }}", {"R": "y"}, "true"),
     ("{{ \"tab\\there\" }}{{ `raw\\n` }}", {}, "tab\there" + "raw\\n"),
+    ("{{ range .L }}{{ if eq . 2 }}{{ continue }}{{ end }}{{ if eq . 4 }}{{ break }}{{ end }}{{ . }}{{ end }}",
+     {"L": [1, 2, 3, 4, 5]}, "13"),
+    ("{{ range $k, $v := .M }}{{ $k }}={{ $v }} {{ end }}", {"M": {"b": 2, "a": 1}}, "a=1 b=2 "),
 ])
 def test_go_subset(src: str, data: dict, expected: str) -> None:
     assert execute(parse(src), data) == expected
 
 
 @pytest.mark.parametrize("src", ["{{ template \"x\" }}", "{{ upper .X }}", "{{ if .X }}", "{{ end }}", "{{ .X",
-                                 "{{ define \"a\" }}{{ end }}"])
+                                 "{{ define \"a\" }}{{ end }}", "{{ if .X }}{{ break }}{{ end }}"])
 def test_unsupported_or_broken_templates_raise(src: str) -> None:
     with pytest.raises(GoTemplateError):
         execute(parse(src), {"X": "a"})
