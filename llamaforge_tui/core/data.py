@@ -224,7 +224,22 @@ def prepare_dataset(path: str | Path, tokenizer: PreTrainedTokenizerBase, templa
     return PreparedDataset(
         train=[examples[i] for i in train_idx], eval=[examples[i] for i in eval_idx], stats=stats,
         format=loaded.format, errors=errors, template_name=template.name if template else "none",
-        container=loaded.container, total=loaded.total, template=template)
+        container=loaded.container, total=loaded.total, template=template,
+        warnings=_warnings(errors, stats, template, max_seq_len))
+
+
+def _warnings(errors: list[RecordError], stats: TokenStats, template: ChatTemplateChoice | None,
+              max_seq_len: int) -> list[str]:
+    """What a user should hear before training starts (the trainer logs these)."""
+    out: list[str] = []
+    if errors:
+        out.append(f"{len(errors)} invalid record(s) skipped (first: line {errors[0].line}: {errors[0].reason})")
+    truncated = stats.over_max_seq_len - stats.split_documents
+    if truncated > 0:
+        out.append(f"{truncated} conversation(s) longer than max_seq_len {max_seq_len} are truncated")
+    if template is not None and template.origin == "fallback":
+        out.append(f"no chat template fits this model ({template.reason}); using the plain format")
+    return out
 
 
 @dataclass

@@ -77,6 +77,8 @@ def test_prepare_dataset_end_to_end(tmp_path: Path) -> None:
     assert prepared.stats.examples == 40 and prepared.stats.over_max_seq_len > 0
     assert all(len(e.input_ids) <= 48 for e in prepared.train + prepared.eval)
     assert prepared.stats.total_trainable == sum(e.trainable for e in prepared.train + prepared.eval)
+    assert prepared.warnings[0].startswith("1 invalid record(s) skipped (first: line 6: malformed JSON")
+    assert f"{prepared.stats.over_max_seq_len} conversation(s) longer than max_seq_len 48" in prepared.warnings[1]
     again = prepare_dataset(path, tok, resolve_chat_template(tok, "qwen2"), max_seq_len=48, eval_split=0.2, seed=1)
     assert [e.line for e in again.eval] == [e.line for e in prepared.eval]
     with pytest.raises(DatasetError, match="policy strict"):
