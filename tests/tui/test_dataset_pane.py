@@ -134,6 +134,14 @@ async def test_typed_source_overrides_selection_and_errors_are_reported(dataset:
         await wait_dataset_workers(pilot)
         assert calls == ["ollama:qwen2.5:0.5b"]
 
+        pane.query_one("#dataset-template", Input).value = "gemma"  # template override, same model
+        pane.query_one("#dataset-template", Input).focus()
+        await pilot.press("enter")
+        await wait_dataset_workers(pilot)
+        assert "<start_of_turn>model\n" in text_of(pilot, "#dataset-render")
+        assert "template gemma (override" in text_of(pilot, "#dataset-summary")
+        pane.query_one("#dataset-template", Input).value = ""
+
         pane.query_one("#dataset-model", Input).value = "broken-source"
         pane.query_one("#dataset-model", Input).focus()
         await pilot.press("enter")
