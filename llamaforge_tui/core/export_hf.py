@@ -67,8 +67,14 @@ def hparams_kv(cfg: dict[str, Any], gguf_arch: str) -> dict[str, KVEntry]:
         out[f"{a}.rope.dimension_count"] = kv(int(head_dim * float(cfg.get("partial_rotary_factor") or 1.0)))
     if a == "llama":
         out[f"{a}.vocab_size"] = kv(int(cfg["vocab_size"]))
-    if cfg.get("sliding_window") and a in ("gemma2", "gemma3", "phi3"):
-        out[f"{a}.attention.sliding_window"] = kv(int(cfg["sliding_window"]))
+    if a in ("gemma2", "gemma3", "phi3") and (cfg.get("sliding_window") or a == "phi3"):
+        out[f"{a}.attention.sliding_window"] = kv(int(cfg.get("sliding_window") or 0))
+    if a == "gemma3":
+        swa = (cfg.get("rope_parameters") or {}).get("sliding_attention") or {}
+        local = swa.get("rope_theta") if isinstance(swa, dict) else None
+        local = local or cfg.get("rope_local_base_freq")
+        if local:
+            out[f"{a}.rope.freq_base_swa"] = KVEntry(_F32, float(local))
     if a == "gemma2":
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             if cfg.get(key) is not None:
