@@ -28,7 +28,8 @@ def _rows_per_chunk(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, Any]:
     import torch
 
-    logits = (h @ weight.t()).float()
+    logits = h @ weight.t()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least, fp64 stays
     if softcap:
         t = torch.tanh(logits / softcap)
         return t * softcap, t
@@ -45,7 +46,7 @@ def _head_cross_entropy_class() -> Any:
         def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                     softcap: float | None, chunk: int) -> torch.Tensor:
             need_grad = ctx.needs_input_grad[0]
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
             grad_hidden = torch.empty_like(hidden) if need_grad else None
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start:start + chunk]

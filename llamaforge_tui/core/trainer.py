@@ -182,6 +182,7 @@ class TrainingRecipe:
 
         cfg = self.config
         base_model.config.use_cache = False
+        torch.manual_seed(cfg.seed)  # LoRA's A matrices are random: same seed, same start, on every rank
         self.model = setup_mod.apply_lora(base_model, cfg)
         self.model.train()
         self.trainable_params, self.total_params = setup_mod.count_parameters(self.model)
