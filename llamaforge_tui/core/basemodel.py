@@ -217,7 +217,7 @@ def _from_table(name: str, tag: str, namespace_is_library: bool,
     arch = ARCH_OVERRIDES.get((family_name, size), entry.arch)
     if summary is not None and summary.architecture and arch and summary.architecture != arch:
         return f"the table maps {family_name}:{size} to {repo} (arch {arch}), but this GGUF is {summary.architecture}"
-    return entry, repo, f"table: {family_name} {size} {variant} (from {how})"
+    return entry, repo, f"{family_name} {size} {variant} (from {how})"
 
 
 def _describe(model: OllamaModel | str) -> tuple[str, str, str, bool, GgufSummary | None]:
