@@ -75,7 +75,9 @@ async def test_load_render_with_selected_model_stats_and_errors(dataset: Path) -
     app = make_app(Settings(), Services(extra={"render_context_loader": fake_loader(calls)}))
     messages: list[Any] = []
     async with app.run_test(size=(140, 44), message_hook=messages.append) as pilot:
+        await pilot.pause()  # let the app's initial focus settle before switching panes
         await pilot.press("3")
+        await pilot.pause()
         pane = app.query_one(DatasetPane)
         assert app.focused is app.query_one("#dataset-records", DataTable)
         await pilot.press("o")
