@@ -165,7 +165,11 @@ class RecordEncoder:
                 raise
             except DatasetError as exc:  # a template that refuses this record (raise_exception, bad roles)
                 raise RecordRejected(record.line, str(exc)) from exc
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        try:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError as exc:  # slow (Python) tokenizers have no offsets
+            raise DatasetError(f"{type(self.tokenizer).__name__} gives no character offsets (not a fast "
+                               "tokenizer), so the trained spans cannot be mapped to tokens") from exc
         ids: list[int] = list(enc["input_ids"])
         offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
         trained = [False] * len(ids)
