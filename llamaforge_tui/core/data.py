@@ -269,6 +269,8 @@ def scan_token_stats(path: str | Path, tokenizer: PreTrainedTokenizerBase | None
     _check_policy(policy)
     path = Path(path).expanduser()
     fmt = detect_format(path, format, column_map)
+    if tokenizer is not None and template is None and fmt.shape not in ("text", "document"):
+        template = resolve_chat_template(tokenizer)
     encoder = RecordEncoder(tokenizer, template, max_seq_len) if tokenizer is not None else None
     acc = StatsAccumulator(max_seq_len)
     errors: list[RecordError] = []
