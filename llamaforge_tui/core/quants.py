@@ -30,6 +30,13 @@ BLOCK_TYPES: frozenset[GGMLQuantizationType] = frozenset(
 )
 SUPPORTED_TYPES: frozenset[GGMLQuantizationType] = FLOAT_TYPES | BLOCK_TYPES
 
+# Byte offsets of the fp16 fields (scales d, mins m/dmin) inside each block type: where random test blocks must
+# hold finite values, and what a synthetic GGUF (benchmarks) fills with small scales.
+SCALE_OFFSETS: dict[GGMLQuantizationType, tuple[int, ...]] = {
+    Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q5_0: (0,), Q.Q5_1: (0, 2), Q.Q8_0: (0,),
+    Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,),
+}
+
 # Work on at most this many output elements at a time, so temporaries stay small (~16 MiB of fp32 each)
 # even for a 262k x 640 embedding; the loop is over chunks of thousands of blocks, never over single blocks.
 _CHUNK_ELEMENTS = 1 << 22
@@ -85,31 +92,31 @@ def _shifts(values: list[int], shape: tuple[int, ...], like: torch.Tensor) -> to
 def _nibbles(qs: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     """Split (n, groups*width) bytes into (n, groups, 2, width): low nibbles first, then high nibbles."""
     n = qs.shape[0]
-    return (qs.reshape(n, groups, 1, width) >> _shifts([0, 4], (1, 1, 2, 1), qs)) & 0x0F
+    return (qs.reshape(n, groups, 1, width) >> _shifts([0, 4], (1, 1, 2, 1), qs)).bitwise_and_(0x0F)
 
 
 def _bits(packed: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     """Unpack (n, groups*width) bytes into (n, groups, 8, width) single bits, bit 0 first."""
     n = packed.shape[0]
-    return (packed.reshape(n, groups, 1, width) >> _shifts(list(range(8)), (1, 1, 8, 1), packed)) & 0x01
+    return (packed.reshape(n, groups, 1, width) >> _shifts(list(range(8)), (1, 1, 8, 1), packed)).bitwise_and_(0x01)
 
 
 def _crumbs(packed: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     """Unpack (n, groups*width) bytes into (n, groups, 4, width) 2-bit fields, lowest bits first."""
     n = packed.shape[0]
-    return (packed.reshape(n, groups, 1, width) >> _shifts([0, 2, 4, 6], (1, 1, 4, 1), packed)) & 0x03
+    return (packed.reshape(n, groups, 1, width) >> _shifts([0, 2, 4, 6], (1, 1, 4, 1), packed)).bitwise_and_(0x03)
 
 
 def _q4_0(b: torch.Tensor) -> torch.Tensor:
     d = _f16(b, 0)
     q = _nibbles(b[:, 2:18], 1, 16).reshape(b.shape[0], 32)
-    return d * (q.float() - 8.0)
+    return q.float().sub_(8.0).mul_(d)
 
 
 def _q4_1(b: torch.Tensor) -> torch.Tensor:
     d, m = _f16(b, 0), _f16(b, 2)
     q = _nibbles(b[:, 4:20], 1, 16).reshape(b.shape[0], 32)
-    return d * q.float() + m
+    return q.float().mul_(d).add_(m)
 
 
 def _q5_high_bits(qh: torch.Tensor) -> torch.Tensor:
@@ -122,7 +129,7 @@ def _q5_0(b: torch.Tensor) -> torch.Tensor:
     d = _f16(b, 0)
     qh = _q5_high_bits(b[:, 2:6])
     ql = _nibbles(b[:, 6:22], 1, 16).reshape(n, 32)
-    return d * ((ql | (qh << 4)).float() - 16.0)
+    return ql.bitwise_or_(qh << 4).float().sub_(16.0).mul_(d)
 
 
 def _q5_1(b: torch.Tensor) -> torch.Tensor:
@@ -130,14 +137,14 @@ def _q5_1(b: torch.Tensor) -> torch.Tensor:
     d, m = _f16(b, 0), _f16(b, 2)
     qh = _q5_high_bits(b[:, 4:8])
     ql = _nibbles(b[:, 8:24], 1, 16).reshape(n, 32)
-    return d * (ql | (qh << 4)).float() + m
+    return ql.bitwise_or_(qh << 4).float().mul_(d).add_(m)
 
 
 def _q8_0(b: torch.Tensor) -> torch.Tensor:
     import torch
 
     d = _f16(b, 0)
-    return b[:, 2:34].view(torch.int8).float() * d
+    return b[:, 2:34].view(torch.int8).float().mul_(d)
 
 
 def _q2_k(b: torch.Tensor) -> torch.Tensor:
@@ -147,7 +154,7 @@ def _q2_k(b: torch.Tensor) -> torch.Tensor:
     dl = (d * (scales & 0x0F).float()).reshape(n, 16, 1)
     ml = (dmin * (scales >> 4).float()).reshape(n, 16, 1)
     q = _crumbs(b[:, 16:80], 2, 32).reshape(n, 16, 16).float()
-    return (dl * q - ml).reshape(n, QK_K)
+    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
 
 
 def _q3_k(b: torch.Tensor) -> torch.Tensor:
@@ -163,8 +170,8 @@ def _q3_k(b: torch.Tensor) -> torch.Tensor:
     dl = (d * sc.float()).reshape(n, 16, 1)
     ql = _crumbs(qs, 2, 32).reshape(n, 16, 16).to(torch.int16)
     qh = (_bits(hmask, 1, 32).reshape(n, 16, 16) ^ 1).to(torch.int16)  # offset applies when the mask bit is 0
-    q = (ql - (qh << 2)).float()
-    return (dl * q).reshape(n, QK_K)
+    q = ql.sub_(qh << 2).float()
+    return q.mul_(dl).reshape(n, QK_K)
 
 
 def _k_scale_min(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +192,7 @@ def _q4_k(b: torch.Tensor) -> torch.Tensor:
     dl = (d * sc.float()).reshape(n, 8, 1)
     ml = (dmin * mn.float()).reshape(n, 8, 1)
     q = _nibbles(b[:, 16:144], 4, 32).reshape(n, 8, 32).float()
-    return (dl * q - ml).reshape(n, QK_K)
+    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
 
 
 def _q5_k(b: torch.Tensor) -> torch.Tensor:
@@ -196,8 +203,8 @@ def _q5_k(b: torch.Tensor) -> torch.Tensor:
     ml = (dmin * mn.float()).reshape(n, 8, 1)
     ql = _nibbles(b[:, 48:176], 4, 32).reshape(n, 8, 32)
     qh = _bits(b[:, 16:48], 1, 32).reshape(n, 8, 32)
-    q = (ql | (qh << 4)).float()
-    return (dl * q - ml).reshape(n, QK_K)
+    q = ql.bitwise_or_(qh << 4).float()
+    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
 
 
 def _q6_k(b: torch.Tensor) -> torch.Tensor:
@@ -208,8 +215,8 @@ def _q6_k(b: torch.Tensor) -> torch.Tensor:
     d = (_f16(b, 208) * scales).reshape(n, 16, 1)
     ql = _nibbles(b[:, 0:128], 2, 64).reshape(n, 8, 32)
     qh = _crumbs(b[:, 128:192], 2, 32).reshape(n, 8, 32)
-    q = ((ql | (qh << 4)).float() - 32.0).reshape(n, 16, 16)
-    return (d * q).reshape(n, QK_K)
+    q = ql.bitwise_or_(qh << 4).float().sub_(32.0).reshape(n, 16, 16)
+    return q.mul_(d).reshape(n, QK_K)
 
 
 _KERNELS: dict[GGMLQuantizationType, Callable[[torch.Tensor], torch.Tensor]] = {

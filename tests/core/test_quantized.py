@@ -212,7 +212,7 @@ def test_missing_tensor_is_a_clear_error(tmp_path: Path) -> None:
         fill_quantized_model(skeleton, gf, lambda n: None if n == "model.norm.weight" else n, transform_for(source))
 
 
-def _memorize(model: torch.nn.Module, steps: int) -> tuple[float, float]:
+def _memorize(model: torch.nn.Module, steps: int, device: str = "cpu") -> tuple[float, float]:
     """LoRA through peft on q/k/v/o + MLP; returns (first loss, last loss) on a fixed memorization batch."""
     from peft import LoraConfig, get_peft_model
 
@@ -222,7 +222,7 @@ def _memorize(model: torch.nn.Module, steps: int) -> tuple[float, float]:
         LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     peft_model.train()
-    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(1)).to(device)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(steps):
@@ -267,3 +267,36 @@ def test_quantized_head_loss_matches_the_trainers_dense_head_loss(softcap, monke
     (g_got,) = torch.autograd.grad(got * 0.5, hidden)
     (g_want,) = torch.autograd.grad(want * 0.5, hidden)
     torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_logits_training_and_head_loss(tmp_path: Path) -> None:
+    model, reference, _, _ = build_pair(tiny_gemma3, Q.Q5_0, tmp_path)
+    model.cuda()
+    reference.cuda()
+    assert model.get_input_embeddings().qweight.is_cuda
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        assert (model(ids).logits - reference(ids).logits).abs().max().item() <= 1e-4
+    q_first, q_last = _memorize(model, 15, "cuda")
+    d_first, d_last = _memorize(reference, 15, "cuda")
+    assert abs((q_first - q_last) - (d_first - d_last)) <= 0.10 * (d_first - d_last)
+    head = model.get_output_embeddings()
+    head = getattr(head, "base_layer", head)
+    hidden = torch.randn(7, 64, device="cuda")
+    targets = torch.randint(0, 128, (7,), device="cuda")
+    dense = torch.nn.functional.cross_entropy(hidden @ head.dequantized_weight().t(), targets, reduction="sum")
+    torch.testing.assert_close(head.cross_entropy_sum(hidden, targets), dense, rtol=1e-5, atol=1e-4)
+
+
+def test_quant_linear_under_autocast_runs_in_the_autocast_dtype() -> None:
+    raw = torch.from_numpy(gq.quantize(np.random.default_rng(4).standard_normal((32, 64)).astype(np.float32), Q.Q8_0))
+    layer = QuantLinear(raw, Q.Q8_0, 64)
+    x = torch.randn(3, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        ref = torch.nn.functional.linear(x, layer.dequantized_weight())
+    assert y.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, ref)
+    y.float().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32

@@ -16,19 +16,7 @@ from llamaforge_tui.core.errors import GgufError
 
 Q = GGMLQuantizationType
 
-# Byte offsets of the fp16 scale fields (d, dmin, m) in each block type: random bytes there could be inf/NaN.
-_FP16_FIELDS: dict[GGMLQuantizationType, tuple[int, ...]] = {
-    Q.Q4_0: (0,),
-    Q.Q4_1: (0, 2),
-    Q.Q5_0: (0,),
-    Q.Q5_1: (0, 2),
-    Q.Q8_0: (0,),
-    Q.Q2_K: (80, 82),
-    Q.Q3_K: (108,),
-    Q.Q4_K: (0, 2),
-    Q.Q5_K: (0, 2),
-    Q.Q6_K: (208,),
-}
+_FP16_FIELDS = quants.SCALE_OFFSETS
 
 
 def random_blocks(qtype: GGMLQuantizationType, n_blocks: int, seed: int = 0) -> np.ndarray:
