@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import Input, Label, Select, Static
 
 from llamaforge_tui.core.errors import LlamaForgeError
@@ -43,6 +45,7 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("save_every", "Save every", "steps between checkpoints"),
     ("seed", "Seed", ""),
 )
+LABELS = {name: label for name, label, _ in FIELDS}
 CHOICES: dict[str, tuple[str, ...]] = {"weights": WEIGHTS, "scheduler": SCHEDULERS}
 _HINTS = typing.get_type_hints(TrainConfig)
 
@@ -187,6 +190,20 @@ class RunForm(VerticalScroll):
         except LlamaForgeError as exc:  # a rule across fields
             self._show_error("model", str(exc))
             return None
+
+    # A "▸" marks the focused field's label: over SSH, with few colours, focus must show as text too.
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        self._mark_focus(event.widget, True)
+
+    def on_descendant_blur(self, event: events.DescendantBlur) -> None:
+        self._mark_focus(event.widget, False)
+
+    def _mark_focus(self, widget: Widget, focused: bool) -> None:
+        field = next((node for node in widget.ancestors_with_self if node.has_class("form-field")), None)
+        if field is None or not field.id:
+            return
+        name = field.id.removeprefix("field-")
+        field.query_one(".form-label", Label).update(Text(("▸ " if focused else "") + LABELS[name]))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self._changed(event.input.id)

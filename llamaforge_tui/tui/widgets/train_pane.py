@@ -49,6 +49,8 @@ class TrainPane(Vertical):
         Binding("r", "resume", "Resume", id="training.resume"),
         Binding("e", "export", "Export", id="training.export"),
         Binding("z", "zoom", "Zoom chart", id="training.chart_zoom"),
+        Binding("c", "edit_config", "Edit config", id="training.edit_config"),
+        Binding("escape", "leave_form", "Leave the form", show=False, id="training.leave_form"),
     ]
 
     class EventsArrived(Message):
@@ -192,6 +194,14 @@ class TrainPane(Vertical):
         self.post_message(self.ExportRequested(run_dir))
         if not hasattr(self.app, "on_train_pane_export_requested"):  # until the export screen exists
             self.notify(f"llamaforge export {run_dir}", title="Export", markup=False)
+
+    def action_edit_config(self) -> None:
+        self.query_one("#train-side-tabs", TabbedContent).active = "train-config-tab"
+        self.query_one("#in-model").focus()
+
+    def action_leave_form(self) -> None:
+        """Esc in a form field: back to the buttons, where t/s/r/e act again."""
+        self.focus_default()
 
     def action_zoom(self) -> None:
         self.query_one(LossChart).action_cycle_zoom()
