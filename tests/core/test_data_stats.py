@@ -163,3 +163,14 @@ def test_long_text_documents_are_split_not_truncated(tmp_path: Path) -> None:
     assert stats.max == pieces[0].length
     scan = scan_token_stats(path, tok, None, max_seq_len=32)
     assert scan.stats == stats
+
+
+def test_stats_accumulator_keeps_a_histogram_not_the_examples() -> None:
+    from llamaforge_tui.core.data_encode import StatsAccumulator
+
+    acc = StatsAccumulator(max_seq_len=64)
+    for i in range(100_000):
+        acc.add(Example([1, 2], [-100, 2], i, 10 + i % 50, False))
+    assert len(acc.lengths) == 50  # memory grows with distinct lengths, not with records
+    stats = acc.result()
+    assert (stats.records, stats.min, stats.max, stats.median, stats.total_trainable) == (100_000, 10, 59, 34, 100_000)
