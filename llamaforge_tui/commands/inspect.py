@@ -7,7 +7,6 @@ weights, the tokenizer and the architecture all line up (garbage here means a br
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
@@ -31,21 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def peak_rss_bytes() -> int | None:
-    """The process's peak resident set size (Linux reports KiB, macOS bytes)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        try:
-            import psutil
-
-            return int(psutil.Process().memory_info().peak_wset)  # type: ignore[attr-defined]
-        except (ImportError, AttributeError):
-            return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 def top_next_tokens(model: Any, tokenizer: Any, prompt: str, k: int = 5) -> list[dict[str, Any]]:
     import torch
 
@@ -62,7 +46,7 @@ def top_next_tokens(model: Any, tokenizer: Any, prompt: str, k: int = 5) -> list
 
 def run(args: argparse.Namespace) -> int:
     from llamaforge_tui.core.loading import load_model
-    from llamaforge_tui.core.memory import fmt_bytes
+    from llamaforge_tui.core.memory import fmt_bytes, peak_rss_bytes
 
     settings = settings_from_args(args)
     start = time.perf_counter()

@@ -200,3 +200,26 @@ def check_model_fits(weights_bytes: int, device: str | torch.device, *, free: in
             f"loading needs ~{fmt_bytes(need)} on {dev} but only {fmt_bytes(free)} is free; "
             "try --weights gguf-quantized, a bf16/fp16 dtype, or a smaller model"
         )
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size.
+
+    Linux: ``VmHWM`` from /proc (per address space; ``ru_maxrss`` survives ``exec`` and would report the parent's
+    peak in a freshly spawned child). Elsewhere ``ru_maxrss`` (KiB on Linux/BSD, bytes on macOS).
+    """
+    import sys
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
