@@ -8,11 +8,17 @@ multi-GB file therefore costs about as much as reading its metadata block.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llamaforge_tui.core.fsutil import atomic_write_text
 from llamaforge_tui.core.gguf_file import FILE_TYPE_NAMES, GgufFile, LazyArray
+
+log = logging.getLogger(__name__)
 
 # Names llama.cpp prints for the quantized types a model is "mostly" in, used when general.file_type is absent.
 _WEIGHT_SUFFIX = ".weight"
@@ -75,6 +81,14 @@ class GgufSummary:
         out["path"] = str(self.path)
         out["base_models"] = [b.to_dict() for b in self.base_models]
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GgufSummary:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["path"] = Path(values["path"])
+        values["base_models"] = tuple(BaseModelRef(**b) for b in values.get("base_models", ()))
+        return cls(**values)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -176,3 +190,59 @@ def summarize_gguf(path: str | Path) -> GgufSummary:
     """Open, summarize, close. Raises ``GgufError`` (with the path) for anything that is not a sound GGUF."""
     with GgufFile(path) as gf:
         return summarize(gf)
+
+
+class SummaryCache:
+    """Summaries of files already read, on disk, so reopening the app does not re-parse 80 headers.
+
+    Ollama blobs are named by their content hash and never change in place; the key still includes size
+    and mtime, so any file that does change is read again. Only sound files are cached (errors are
+    re-checked each scan). Entries not used by a scan are dropped when it saves.
+    """
+
+    FORMAT = 1
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._old: dict[str, Any] = {}
+        self._new: dict[str, Any] = {}
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable GGUF summary cache %s: %s", path, exc)
+            return
+        if isinstance(doc, dict) and doc.get("format") == self.FORMAT and isinstance(doc.get("entries"), dict):
+            self._old = doc["entries"]
+
+    @staticmethod
+    def _stamp(path: Path) -> list[int]:
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+
+    def summarize(self, path: Path) -> GgufSummary:
+        """``summarize_gguf(path)``, from the cache when the file is unchanged."""
+        key = str(path)
+        stamp = self._stamp(path)
+        entry = self._old.get(key) or self._new.get(key)
+        if isinstance(entry, dict) and entry.get("stamp") == stamp:
+            try:
+                summary = GgufSummary.from_dict(entry["summary"])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.debug("stale cache entry for %s: %s", path, exc)
+            else:
+                self._new[key] = entry
+                return summary
+        summary = summarize_gguf(path)
+        self._new[key] = {"stamp": stamp, "summary": summary.to_dict()}
+        return summary
+
+    def save(self) -> None:
+        if self._new == self._old:
+            return
+        try:
+            atomic_write_text(self.path, json.dumps({"format": self.FORMAT, "entries": self._new}))
+        except OSError as exc:  # a cache that cannot be written only costs time
+            log.warning("cannot write the GGUF summary cache %s: %s", self.path, exc)
+        self._old = dict(self._new)

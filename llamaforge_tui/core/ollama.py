@@ -36,7 +36,7 @@ from llamaforge_tui.core.ollama_manifest import (
 
 if TYPE_CHECKING:
     from llamaforge_tui.core.basemodel import BaseModelInfo
-    from llamaforge_tui.core.gguf_info import GgufSummary
+    from llamaforge_tui.core.gguf_info import GgufSummary, SummaryCache
     from llamaforge_tui.core.settings import Settings
 
 __all__ = [
@@ -312,7 +312,7 @@ def _classify(model: OllamaModel) -> None:
 
 
 def enrich(model: OllamaModel, settings: Settings | None = None, *, summarize: bool = True,
-           map_base: bool = True, cache_status: Any = None) -> OllamaModel:
+           map_base: bool = True, cache_status: Any = None, summaries: SummaryCache | None = None) -> OllamaModel:
     """Read the GGUF header and map the base model. Errors land on the model, never escape.
 
     ``cache_status`` is an optional ``repo_id -> status`` callable shared across one scan, so a store
@@ -322,7 +322,7 @@ def enrich(model: OllamaModel, settings: Settings | None = None, *, summarize: b
         from llamaforge_tui.core.gguf_info import summarize_gguf
 
         try:
-            model.summary = summarize_gguf(model.gguf_path)
+            model.summary = summaries.summarize(model.gguf_path) if summaries else summarize_gguf(model.gguf_path)
         except GgufError as exc:
             _mark(model, "unsupported" if "version" in str(exc).lower() else "broken", f"GGUF: {exc}")
         else:
@@ -370,8 +370,19 @@ def _collect(settings: Settings | None, problems: list[str]) -> tuple[list[Ollam
     return list(by_key.values()), roots_read
 
 
-def scan_store(settings: Settings | None = None, *, summarize: bool = True, map_base: bool = True) -> StoreScan:
-    """Every model in every root, sorted by name. Unreadable roots and folders go to ``problems``."""
+def summary_cache_path() -> Path:
+    from llamaforge_tui.core.settings import data_dir
+
+    return data_dir() / "cache" / "gguf-summaries.json"
+
+
+def scan_store(settings: Settings | None = None, *, summarize: bool = True, map_base: bool = True,
+               use_summary_cache: bool = True) -> StoreScan:
+    """Every model in every root, sorted by name. Unreadable roots and folders go to ``problems``.
+
+    GGUF summaries are kept in ``<data dir>/cache/gguf-summaries.json`` (``use_summary_cache``): the first
+    scan reads every header, later ones only new or changed blobs.
+    """
     problems: list[str] = []
     models, roots = _collect(settings, problems)
     cache_status = None
@@ -379,9 +390,17 @@ def scan_store(settings: Settings | None = None, *, summarize: bool = True, map_
         from llamaforge_tui.core.basemodel import CacheStatusLookup
 
         cache_status = CacheStatusLookup(settings)
+    summaries = None
+    if summarize and use_summary_cache:
+        from llamaforge_tui.core.gguf_info import SummaryCache
+
+        summaries = SummaryCache(summary_cache_path())
     for model in models:
         _load_manifest(model)
-        enrich(model, settings, summarize=summarize, map_base=map_base, cache_status=cache_status)
+        enrich(model, settings, summarize=summarize, map_base=map_base, cache_status=cache_status,
+               summaries=summaries)
+    if summaries is not None:
+        summaries.save()
     models.sort(key=lambda m: (m.full_name.lower(), m.layout))
     return StoreScan(models=models, problems=problems, roots=roots)
 

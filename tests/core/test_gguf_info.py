@@ -96,3 +96,51 @@ def test_summary_matches_gguf_reader(tmp_path: Path) -> None:
     assert s.tensor_count == len(ref.tensors)
     assert s.parameter_count == sum(int(t.n_elements) for t in ref.tensors)
     assert s.architecture == "gemma2"
+
+
+def test_summary_cache_reuses_unchanged_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamaforge_tui.core import gguf_info
+
+    spec = TinySpec(n_layers=1, n_embd=64, n_head=2, n_head_kv=1, n_ff=128, vocab_size=16)
+    path = write_gguf(tmp_path / "blob", spec=spec, weight_type=Q.F16, chat_template="t",
+                      base_models=[{"repo_url": "https://huggingface.co/a/b"}])
+    reads: list[Path] = []
+    real = gguf_info.summarize_gguf
+    monkeypatch.setattr(gguf_info, "summarize_gguf", lambda p: reads.append(p) or real(p))
+    cache_file = tmp_path / "cache" / "s.json"
+
+    cache = gguf_info.SummaryCache(cache_file)
+    first = cache.summarize(path)
+    assert not cache_file.exists()  # written by save() only
+    cache.save()
+    assert len(reads) == 1
+    assert gguf_info.SummaryCache(cache_file).summarize(path) == first  # from the cache
+    assert len(reads) == 1
+
+    write_gguf(path, spec=spec, weight_type=Q.Q8_0)  # the file changes: read again
+    assert gguf_info.SummaryCache(cache_file).summarize(path).quantization == "Q8_0"
+    assert len(reads) == 2
+
+    cache_file.write_text("{not json")  # a broken cache is ignored, not fatal
+    assert gguf_info.SummaryCache(cache_file).summarize(path).quantization == "Q8_0"
+    assert len(reads) == 3
+
+
+def test_second_scan_reads_no_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fixtures.ollama_store import build_fixture_store
+
+    from llamaforge_tui.core import gguf_info
+    from llamaforge_tui.core.ollama import scan_store
+    from llamaforge_tui.core.settings import Settings
+
+    info = build_fixture_store(tmp_path / "root", tmp_path / "work")
+    settings = Settings(models_dirs=[str(info.root)])
+    scan = scan_store(settings)
+    first = {m.full_name: m.summary for m in scan.models}
+    broken = next(m for m in scan.models if m.full_name == "truncated:latest")
+    reads: list[Path] = []
+    real = gguf_info.summarize_gguf
+    monkeypatch.setattr(gguf_info, "summarize_gguf", lambda p: reads.append(p) or real(p))
+    second = {m.full_name: m.summary for m in scan_store(settings).models}
+    assert second == first
+    assert reads == [broken.layers["model"]]  # only the unreadable GGUF is read again
