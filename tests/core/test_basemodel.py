@@ -182,3 +182,11 @@ def test_table_is_well_formed() -> None:
             for repo in entry.variants.values():
                 assert basemodel.REPO_ID_RE.fullmatch(repo), repo
     assert isinstance(BaseModelInfo(None, None, "x").to_dict(), dict)
+
+
+def test_hf_hub_cache_env_is_respected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    CacheBuilder(tmp_path / "hub-cache").add_revision(
+        "google/gemma-3-270m-it", commit_hash("d"), model_files("gemma"), refs=("main",))
+    assert map_base_model("gemma3:270m", Settings()).cache_status == "missing"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    assert map_base_model("gemma3:270m", Settings()).cache_status == "cached"

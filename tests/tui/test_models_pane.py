@@ -44,6 +44,14 @@ def _details(app: LlamaForgeApp) -> str:
     return str(app.query_one("#models-details", Static).render())
 
 
+async def _until(pilot: Pilot, condition: object, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():  # type: ignore[operator]
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("condition never became true")
+
+
 async def _select(pilot: Pilot, pane: ModelsPane, full_name: str) -> None:
     table = pane.query_one("#models-table", DataTable)
     table.focus()
@@ -65,15 +73,17 @@ async def test_lists_fixture_models_and_shows_gemma(fixture_store: StoreInfo) ->
         assert app.focused is table  # arrow keys work at once
         await _select(pilot, pane, "gemma3:270m")
         assert pane.selected is not None and pane.selected.full_name == "gemma3:270m"
-        assert app.selected_model is pane.selected
+        await _until(pilot, lambda: app.selected_model is pane.selected)
         details = _details(app)
         for expected in ("gemma3", "Q4_K_M", "268M", "32,768", "262,144", str(pane.selected.gguf_path),
                          "google/gemma-3-270m-it", "table: gemma3 270m instruct", "needs download (about 540.00 MB)",
                          "Chat template  no", "template, params, license", "Heads          4 (KV 1)",
                          "Tensor types   109 F32, 81 Q5_0, 27 Q4_K, 10 Q8_0, 9 Q6_K"):
             assert expected in details, expected
-        selected = [m for m in messages if isinstance(m, ModelsPane.ModelSelected)]
-        assert selected and selected[-1].model.full_name == "gemma3:270m"
+        posted = {id(m): m for m in messages if isinstance(m, ModelsPane.ModelSelected)}  # one per post, not per hop
+        selected = [m.model.full_name for m in posted.values()]
+        # Passing over rows with the arrow keys does not announce each of them to the other panes.
+        assert selected == ["alice/tiny-chat:v1", "gemma3:270m"]
         status = str(app.query_one("#models-status", Static).render())
         usable = sum(1 for status in fixture_store.expected.values() if status == "ok")
         assert f"{len(fixture_store.expected)} models ({usable} usable)" in status
@@ -172,6 +182,30 @@ async def test_works_at_80x24_and_with_markup_like_names(small_store: StoreInfo,
         details = pane.query_one("#models-details-box")
         assert table.region.height >= 5 and details.region.height >= 5
         assert table.region.width <= 80 and details.region.y > table.region.y
+
+
+async def test_override_the_base_model_with_o(small_store: StoreInfo) -> None:
+    settings = Settings(models_dirs=[str(small_store.root)])
+    app = make_app(settings)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = await wait_for_scan(app, pilot)
+        await _select(pilot, pane, "localhost:5000/team/coder:1.0")
+        first = pane.scan
+        await pilot.press("o")
+        box = app.screen.query_one("#base-override-input", Input)
+        for key in "bad id":
+            await pilot.press(key if key != " " else "space")
+        await pilot.press("enter")
+        assert "not a repo id" in str(app.screen.query_one("#base-override-error", Static).render())
+        box.value = ""
+        for key in "Qwen/Qwen2.5-0.5B-Instruct":
+            await pilot.press(key)
+        await pilot.press("enter")
+        pane = await wait_for_scan(app, pilot, previous=first)
+        assert Settings.load().base_model_overrides == {"localhost:5000/team/coder:1.0": "Qwen/Qwen2.5-0.5B-Instruct"}
+        assert Settings.load().models_dirs == []  # the --models-dir given at start is not written back
+        assert pane.selected is not None and pane.selected.full_name == "localhost:5000/team/coder:1.0"
+        assert "user: user override in settings" in _details(app)
 
 
 def test_detail_rows_for_an_unusable_model(small_store: StoreInfo) -> None:

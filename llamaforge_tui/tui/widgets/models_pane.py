@@ -19,10 +19,16 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 from textual.worker import get_current_worker
 
+from llamaforge_tui.core.basemodel import set_base_model_override
+from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.fsutil import human_bytes
 from llamaforge_tui.core.ollama import OllamaModel, ServerStatus, StoreScan, scan_store, server_status
+from llamaforge_tui.tui.screens.base_override import BaseOverrideScreen
 
 NARROW_WIDTH = 100  # below this the details go under the table instead of beside it
+# Other panes follow the selection (the Dataset pane loads a tokenizer), so tell them only once the
+# cursor rests, not for every row an arrow key passes over.
+SELECT_SETTLE_SECONDS = 0.3
 LAYER_KINDS_SHOWN = ("template", "system", "params", "license", "messages", "adapter", "projector")
 
 
@@ -126,6 +132,7 @@ class ModelsPane(Vertical):
         Binding("slash", "filter", "Filter", id="models.filter"),
         Binding("r", "rescan", "Rescan", id="models.rescan"),
         Binding("d", "download", "Download base", id="models.download"),
+        Binding("o", "override", "Set base", id="models.override"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="models.clear_filter"),
     ]
 
@@ -156,6 +163,8 @@ class ModelsPane(Vertical):
         self.filter_text = ""
         self.selected: OllamaModel | None = None
         self._shown: list[OllamaModel] = []
+        self._announced: OllamaModel | None = None
+        self._announce_timer: Any = None
 
     def compose(self) -> ComposeResult:
         yield Static(Text("Scanning the Ollama store…"), id="models-status", markup=False)
@@ -254,18 +263,36 @@ class ModelsPane(Vertical):
         table.move_cursor(row=index)
         self._select(self._shown[index])
 
-    def _select(self, model: OllamaModel | None) -> None:
-        changed = model is not self.selected
+    def _select(self, model: OllamaModel | None, *, now: bool = False) -> None:
         self.selected = model
         self.query_one("#models-details", Static).update(render_details(model))
-        if changed and model is not None:
-            self.post_message(self.ModelSelected(model))
+        if self._announce_timer is not None:
+            self._announce_timer.stop()
+            self._announce_timer = None
+        if model is None or model is self._announced:
+            return
+        if now:
+            self._announce()
+        else:
+            self._announce_timer = self.set_timer(SELECT_SETTLE_SECONDS, self._announce)
+
+    def _announce(self) -> None:
+        self._announce_timer = None
+        if self.selected is not None and self.selected is not self._announced:
+            self._announced = self.selected
+            self.post_message(self.ModelSelected(self.selected))
 
     @on(DataTable.RowHighlighted, "#models-table")
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         index = int(event.row_key.value) if event.row_key.value is not None else -1
         if 0 <= index < len(self._shown):
             self._select(self._shown[index])
+
+    @on(DataTable.RowSelected, "#models-table")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        index = int(event.row_key.value) if event.row_key.value is not None else -1
+        if 0 <= index < len(self._shown):
+            self._select(self._shown[index], now=True)
 
     # -- filter -----------------------------------------------------------------------------------------
     @on(Input.Changed, "#models-filter")
@@ -293,6 +320,27 @@ class ModelsPane(Vertical):
 
     def action_rescan(self) -> None:
         self.start_scan()
+
+    def action_override(self) -> None:
+        model = self.selected
+        if model is None:
+            return
+        settings = self.app.settings  # type: ignore[attr-defined]
+        current = model.base_model.repo if model.base_model and model.base_model.source == "user" else None
+
+        def save(value: str | None) -> None:
+            if value is None:
+                return
+            try:
+                path = set_base_model_override(settings, model.full_name, value or None)
+            except LlamaForgeError as exc:
+                self.app.notify(str(exc), severity="error", markup=False)
+                return
+            what = f"{model.full_name} -> {value}" if value else f"override for {model.full_name} removed"
+            self.app.notify(f"Saved {what} in {path}", markup=False)
+            self.start_scan()
+
+        self.app.push_screen(BaseOverrideScreen(model.full_name, current), save)
 
     def action_download(self) -> None:
         info = self.selected.base_model if self.selected else None
