@@ -324,7 +324,8 @@ def enrich(model: OllamaModel, settings: Settings | None = None, *, summarize: b
         try:
             model.summary = summaries.summarize(model.gguf_path) if summaries else summarize_gguf(model.gguf_path)
         except GgufError as exc:
-            _mark(model, "unsupported" if "version" in str(exc).lower() else "broken", f"GGUF: {exc}")
+            unsupported = any(w in str(exc).lower() for w in ("unsupported", "not supported"))
+            _mark(model, "unsupported" if unsupported else "broken", f"GGUF: {exc}")
         else:
             if model.status == "ok" and model.summary.split_count > 1:
                 _mark(model, "split", f"the GGUF is split into {model.summary.split_count} files; "

@@ -102,6 +102,16 @@ def test_split_gguf_by_metadata(tmp_path: Path) -> None:
     assert model.status == "split" and "3 files" in model.reason
 
 
+def test_unsupported_gguf_version(tmp_path: Path) -> None:
+    import struct
+
+    b = StoreBuilder(tmp_path / "root")
+    data = b"GGUF" + struct.pack("<IQQ", 4, 0, 0) + b"\0" * 16
+    b.write("future", "latest", b.manifest([b.layer("model", b.blob(data), len(data))]))
+    model = scan_store(_settings(b.root)).models[0]
+    assert model.status == "unsupported" and "unsupported GGUF version 4" in model.reason
+
+
 def test_layer_kinds() -> None:
     assert layer_kind("application/vnd.ollama.image.model") == "model"
     assert layer_kind("application/vnd.ollama.image.prompt") == "template"  # older name
