@@ -157,6 +157,9 @@ def child(weights: str, device: str, steps: int, seq_len: int, batch: int) -> di
 
     from llamaforge_tui.core.quantized import base_weight_bytes
 
+    import peft  # noqa: F401 - libraries in the baseline, so the growth is weights and activations
+    import transformers  # noqa: F401
+
     path = gemma_path()
     rss0 = _rss_peak_bytes()
     t0 = time.perf_counter()
@@ -200,6 +203,7 @@ def child(weights: str, device: str, steps: int, seq_len: int, batch: int) -> di
     out = {
         "weights": weights, "device": device, "load_s": load_s, "base_bytes": base,
         "rss_before": rss0, "rss_after_load": rss_load, "rss_peak": _rss_peak_bytes(),
+        "rss_growth": _rss_peak_bytes() - rss0,
         "tokens_per_s": batch * seq_len * steps / elapsed, "first_loss": first, "last_loss": last,
         "gguf_tensor_bytes": _gguf_tensor_bytes(path),
     }
@@ -247,6 +251,7 @@ def print_models(deq: dict, qnt: dict) -> None:
     row("base weights held (MiB)", "base_bytes")
     row("peak RSS after load (MiB)", "rss_after_load")
     row("peak RSS after training (MiB)", "rss_peak")
+    row("  minus RSS before loading (MiB)", "rss_growth")
     if "cuda_peak" in deq:
         row("peak CUDA memory, train (MiB)", "cuda_peak")
     row("load time (s)", "load_s", 1.0, "{:>12.2f}")

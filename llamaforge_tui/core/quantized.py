@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# Dequantize at most this many weight values at once in a linear layer (64 MiB of fp32): small layers go in one
-# piece, a 262k-row output head goes in ~11 pieces.
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
+# Dequantize at most this many weight values at once in a linear layer (16 MiB of fp32): small layers go in one
+# piece, a 262k x 640 output head goes in ~40 pieces.
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 
 def _chunk_rows(out_features: int, in_features: int, chunk_elements: int) -> int:

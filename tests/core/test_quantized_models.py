@@ -105,3 +105,11 @@ def test_trainer_learns_through_the_quantized_base_as_well_as_dequantized(tmp_pa
     adapter = Path(q_done.adapter_path or "")
     assert (adapter / "adapter_model.safetensors").is_file()
     assert "gguf-quantized" in (tmp_path / "run-q" / "source.json").read_text()
+    # export of such a run: the llama.cpp adapter GGUF for the unchanged source file
+    from llamaforge_tui.core.export import ExportOptions, export_run
+
+    result = export_run(tmp_path / "run-q", ExportOptions(adapter=True, out_dir=tmp_path / "export"))
+    assert result.type == "adapter" and result.adapter_path is not None
+    with GgufFile(result.adapter_path) as gf:
+        assert gf.get("general.type") == "adapter"
+        assert any(t.name.endswith(".lora_a") for t in gf.tensors)
