@@ -223,15 +223,15 @@ def _from_table(name: str, tag: str, namespace_is_library: bool,
 def _describe(model: OllamaModel | str) -> tuple[str, str, str, bool, GgufSummary | None]:
     """(full_name, name, tag, is_library, summary) for a model object or a name string."""
     if isinstance(model, str):
-        from llamaforge_tui.core.ollama import DEFAULT_NAMESPACE, _PUBLIC_HOSTS, parse_model_name
+        from llamaforge_tui.core.ollama_model import DEFAULT_NAMESPACE, PUBLIC_HOSTS, parse_model_name
 
         registry, namespace, name, tag = parse_model_name(model)
-        library = registry in _PUBLIC_HOSTS and namespace == DEFAULT_NAMESPACE
+        library = registry in PUBLIC_HOSTS and namespace == DEFAULT_NAMESPACE
         full = f"{name}:{tag}" if library else model.removeprefix("ollama:")
         return full, name, tag, library, None
-    from llamaforge_tui.core.ollama import DEFAULT_NAMESPACE, _PUBLIC_HOSTS
+    from llamaforge_tui.core.ollama_model import DEFAULT_NAMESPACE, PUBLIC_HOSTS
 
-    library = model.registry in _PUBLIC_HOSTS and model.namespace == DEFAULT_NAMESPACE
+    library = model.registry in PUBLIC_HOSTS and model.namespace == DEFAULT_NAMESPACE
     return model.full_name, model.name, model.tag, library, model.summary
 
 

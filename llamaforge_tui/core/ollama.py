@@ -12,11 +12,10 @@ Layout (``shared/FORMATS.md`` section 5): ``<root>/manifests/<host>/<namespace>/
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,6 @@ from llamaforge_tui.core.ollama_api import OllamaClient, ServerStatus, ollama_ho
 from llamaforge_tui.core.ollama_manifest import (
     Layer,
     ManifestError,
-    blob_path,
     is_manifest_list,
     parse_json,
     parse_manifest,
@@ -33,27 +31,28 @@ from llamaforge_tui.core.ollama_manifest import (
     pick_list_entry,
     read_manifest_bytes,
 )
+from llamaforge_tui.core.ollama_model import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_REGISTRY,
+    DEFAULT_TAG,
+    PUBLIC_HOSTS,
+    STATUSES,
+    OllamaModel,
+    parse_model_name,
+)
 
 if TYPE_CHECKING:
-    from llamaforge_tui.core.basemodel import BaseModelInfo
-    from llamaforge_tui.core.gguf_info import GgufSummary, SummaryCache
+    from llamaforge_tui.core.gguf_info import SummaryCache
     from llamaforge_tui.core.settings import Settings
 
 __all__ = [
-    "DEFAULT_REGISTRY", "OllamaClient", "OllamaModel", "ServerStatus", "StoreScan", "default_roots", "find_model",
-    "ollama_host", "parse_model_name", "scan_store", "server_status",
+    "DEFAULT_NAMESPACE", "DEFAULT_REGISTRY", "DEFAULT_TAG", "PUBLIC_HOSTS", "STATUSES", "OllamaClient", "OllamaModel",
+    "ServerStatus", "StoreScan", "default_roots", "find_model", "ollama_host", "parse_model_name", "scan_store",
+    "server_status",
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_REGISTRY = "registry.ollama.ai"
-# manifests-v2 writes the public registry as ollama.com; both names mean the same registry.
-_PUBLIC_HOSTS = frozenset({"registry.ollama.ai", "ollama.com"})
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
-STATUSES = ("ok", "cloud", "tensor", "split", "missing_blob", "broken", "unsupported")
 PERMISSION_HINT = "permission denied: add yourself to the ollama group, or set OLLAMA_MODELS"
-_MAX_TEXT_LAYER = 4 * 1024 * 1024
 
 
 def default_roots(settings: Settings | None = None) -> list[Path]:
@@ -77,131 +76,10 @@ def default_roots(settings: Settings | None = None) -> list[Path]:
 
 
 @dataclass
-class OllamaModel:
-    """One model in the store. ``status`` is one of ``STATUSES``; ``reason`` explains anything but ``ok``."""
-
-    name: str
-    tag: str
-    namespace: str
-    registry: str
-    manifest_path: Path
-    root: Path
-    layout: str  # "manifests-v2" or "manifests"
-    status: str = "ok"
-    reason: str = ""
-    gguf_path: Path | None = None
-    size_bytes: int | None = None  # the GGUF blob's size, else the manifest's total
-    layers: dict[str, Path | str] = field(default_factory=dict)  # kind -> blob path (first of each kind)
-    all_layers: list[Layer] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    summary: GgufSummary | None = None
-    base_model: BaseModelInfo | None = None
-
-    @property
-    def full_name(self) -> str:
-        """The name Ollama shows: ``gemma3:270m``, ``user/model:tag``, ``host/ns/model:tag``."""
-        if self.registry in _PUBLIC_HOSTS:
-            if self.namespace == DEFAULT_NAMESPACE:
-                return f"{self.name}:{self.tag}"
-            return f"{self.namespace}/{self.name}:{self.tag}"
-        return f"{self.registry}/{self.namespace}/{self.name}:{self.tag}"
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        host = DEFAULT_REGISTRY if self.registry in _PUBLIC_HOSTS else self.registry.lower()
-        return (host, self.namespace.lower(), self.name.lower(), self.tag.lower())
-
-    @property
-    def total_size_bytes(self) -> int:
-        return sum(layer.size for layer in self.all_layers)
-
-    def layer_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for layer in self.all_layers:
-            counts[layer.kind] = counts.get(layer.kind, 0) + 1
-        return counts
-
-    def read_layer_text(self, kind: str) -> str | None:
-        """The text of a ``template``/``system``/``license`` layer (several license layers are joined)."""
-        texts = []
-        for layer in self.all_layers:
-            if layer.kind == kind:
-                try:
-                    with layer.path.open("rb") as fh:
-                        texts.append(fh.read(_MAX_TEXT_LAYER).decode("utf-8", errors="replace"))
-                except OSError as exc:
-                    raise StoreError(f"{self.full_name}: cannot read {kind} layer {layer.path}: {exc.strerror or exc}") from exc
-        return "\n\n".join(texts) if texts else None
-
-    def params(self) -> dict[str, Any]:
-        """The params layer (e.g. ``{"stop": [...], "temperature": 0.7}``); ``{}`` when there is none."""
-        text = self.read_layer_text("params")
-        if text is None:
-            return {}
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{self.full_name}: params layer is not valid JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise StoreError(f"{self.full_name}: params layer is not a JSON object")
-        return value
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``models --json`` shape of ``shared/CLI.md`` (keys may be added, never renamed)."""
-        s = self.summary
-        b = self.base_model
-        return {
-            "name": self.name,
-            "tag": self.tag,
-            "namespace": self.namespace,
-            "registry": self.registry,
-            "full_name": self.full_name,
-            "manifest_path": str(self.manifest_path),
-            "layout": self.layout,
-            "status": self.status,
-            "reason": self.reason,
-            "gguf_path": str(self.gguf_path) if self.gguf_path else None,
-            "size_bytes": self.size_bytes,
-            "architecture": s.architecture if s else None,
-            "quantization": s.quantization if s else None,
-            "parameter_count": s.parameter_count if s else None,
-            "context_length": s.context_length if s else None,
-            "has_chat_template": s.has_chat_template if s else None,
-            "layers": {kind: str(path) for kind, path in self.layers.items()},
-            "layer_counts": self.layer_counts(),
-            "gguf": s.to_dict() if s else None,
-            "base_model": b.to_dict() if b else {"repo": None, "source": None, "cache_status": None,
-                                                   "cache_size_bytes": None},
-        }
-
-
-@dataclass
 class StoreScan:
     models: list[OllamaModel]
     problems: list[str]
     roots: list[Path]  # the roots that were read
-
-
-def parse_model_name(text: str) -> tuple[str, str, str, str]:
-    """``gemma3`` / ``gemma3:270m`` / ``user/m:t`` / ``host/ns/m:t`` -> (registry, namespace, name, tag)."""
-    raw = text.strip()
-    if raw.startswith("ollama:"):
-        raw = raw[len("ollama:"):]
-    if not raw:
-        raise StoreError("empty model name")
-    path, _, tag = raw.rpartition(":") if ":" in raw.rsplit("/", 1)[-1] else (raw, "", "")
-    parts = path.split("/")
-    if len(parts) == 1:
-        registry, namespace, name = DEFAULT_REGISTRY, DEFAULT_NAMESPACE, parts[0]
-    elif len(parts) == 2:
-        registry, (namespace, name) = DEFAULT_REGISTRY, parts
-    elif len(parts) == 3:
-        registry, namespace, name = parts
-    else:
-        raise StoreError(f"invalid Ollama model name {text!r} (expected [host/][namespace/]name[:tag])")
-    if not all((registry, namespace, name)):
-        raise StoreError(f"invalid Ollama model name {text!r}")
-    return registry, namespace, name, tag or DEFAULT_TAG
 
 
 def _scandir(path: Path, problems: list[str]) -> list[os.DirEntry[str]]:
@@ -409,7 +287,7 @@ def scan_store(settings: Settings | None = None, *, summarize: bool = True, map_
 def find_model(settings: Settings | None, name: str, *, summarize: bool = True, map_base: bool = True) -> OllamaModel:
     """The model called ``name`` (``gemma3``, ``gemma3:270m``, ``user/m:tag``); StoreError if absent."""
     registry, namespace, model_name, tag = parse_model_name(name)
-    host = DEFAULT_REGISTRY if registry in _PUBLIC_HOSTS else registry.lower()
+    host = DEFAULT_REGISTRY if registry in PUBLIC_HOSTS else registry.lower()
     wanted = (host, namespace.lower(), model_name.lower(), tag.lower())
     problems: list[str] = []
     models, roots = _collect(settings, problems)
