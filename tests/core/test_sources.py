@@ -117,12 +117,7 @@ def test_resolve_hf_repo_uses_cache_offline(tmp_path: Path) -> None:
     """An hf: source already in the cache resolves without the network (HF_HUB_OFFLINE is set in tests)."""
     hf_dir = session_factory().hf_dir("qwen3")
     cache = tmp_path / "hub"
-    snap = cache / "models--org--tiny" / "snapshots" / ("c" * 40)
-    snap.mkdir(parents=True)
-    (cache / "models--org--tiny" / "refs").mkdir()
-    (cache / "models--org--tiny" / "refs" / "main").write_text("c" * 40)
-    for f in hf_dir.iterdir():
-        (snap / f.name).symlink_to(f)
+    snap = _cache_with(hf_dir, cache, "org/tiny")
     settings = Settings(hf_cache_dir=str(cache))
     resolved = resolve_source("hf:org/tiny", settings, "gguf")
     assert resolved.weights == "hf" and resolved.model_dir == snap and resolved.hf_repo == "org/tiny"
@@ -136,3 +131,38 @@ def test_description_round_trip() -> None:
     data = desc.to_dict()
     assert data["gguf_path"] == "/x.gguf" and data["parameter_count"] == 7
     assert SourceDescription.from_dict({**data, "future_key": 1}) == desc
+
+
+def _cache_with(hf_dir: Path, cache: Path, repo: str) -> Path:
+    """A hub cache holding ``hf_dir`` as ``repo`` at main (what a finished download leaves)."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    snap = folder / "snapshots" / ("c" * 40)
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("c" * 40)
+    for f in hf_dir.iterdir():
+        (snap / f.name).symlink_to(f)
+    return snap
+
+
+def test_ollama_model_with_hf_weights_uses_the_mapped_base(tmp_path: Path) -> None:
+    from llamaforge_tui.core.loading import load_model
+
+    factory = session_factory()
+    gguf = factory.gguf("qwen3", "Q4_K_M")
+    store = StoreBuilder(tmp_path / "models")
+    store.write("tinyqwen", "q4", store.manifest([store.gguf_layer(gguf)]))
+    snap = _cache_with(factory.hf_dir("qwen3"), tmp_path / "hub", "org/tiny-qwen3")
+    settings = Settings(models_dirs=[str(tmp_path / "models")], hf_cache_dir=str(tmp_path / "hub"),
+                        base_model_overrides={"tinyqwen:q4": "org/tiny-qwen3"})
+    resolved = resolve_source("ollama:tinyqwen:q4", settings, "hf")
+    assert resolved.model_dir == snap and resolved.hf_repo == "org/tiny-qwen3" and resolved.gguf_path is not None
+    loaded = load_model("ollama:tinyqwen:q4", settings, weights="hf", dtype="float32", device="cpu")
+    desc = loaded.description
+    assert (desc.weights, desc.kind, desc.hf_repo, desc.ollama_model) == ("hf", "ollama", "org/tiny-qwen3", "tinyqwen:q4")
+    assert desc.architecture == "qwen3" and desc.template_origin == "hf"
+    # the GGUF stays recorded: export can still copy its metadata
+    assert desc.gguf_path == str(resolved.gguf_path)
+    with pytest.raises(SourceError, match="no Hugging Face base model is known"):
+        resolve_source("ollama:tinyqwen:q4", Settings(models_dirs=[str(tmp_path / "models")],
+                                                      base_model_overrides={"tinyqwen:q4": "none"}), "hf")
