@@ -95,6 +95,7 @@ def dequant_throughput(path: Path, device: str) -> list[dict]:
 
     from llamaforge_tui.core import quants
     from llamaforge_tui.core.gguf_file import GgufFile
+    from llamaforge_tui.core.loading import load_threads
 
     rows = []
     with GgufFile(path) as g:
@@ -114,16 +115,17 @@ def dequant_throughput(path: Path, device: str) -> list[dict]:
                 quants.dequantize(tensor, info.ggml_type, info.shape)
             if device == "cuda":
                 torch.cuda.synchronize()
-            t = time.perf_counter()
-            for tensor, info in zip(tensors, infos):
-                quants.dequantize(tensor, info.ggml_type, info.shape)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            torch_s = time.perf_counter() - t
+            with load_threads() as threads:  # what the loader does: no more threads than idle cores
+                t = time.perf_counter()
+                for tensor, info in zip(tensors, infos):
+                    quants.dequantize(tensor, info.ggml_type, info.shape)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                torch_s = time.perf_counter() - t
             rows.append({"type": qtype.name, "tensors": len(infos), "mb_fp32": round(mb, 1),
                          "numpy_mb_s": round(mb / numpy_s), "torch_mb_s": round(mb / torch_s),
                          "ratio": round(numpy_s / torch_s, 2), "device": device,
-                         "torch_threads": torch.get_num_threads()})
+                         "torch_threads": threads})
     return rows
 
 
@@ -131,9 +133,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="subprocess runs per side (median reported)")
     parser.add_argument("--skip-transformers", action="store_true", help="time only our loader")
+    parser.add_argument("--dequant-only", action="store_true", help="only the dequantization table")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     path = gemma_path()
+    if args.dequant_only:
+        args.repeat = 0
     code_by_side = {"ours": _OURS} if args.skip_transformers else {"ours": _OURS, "transformers": _TRANSFORMERS}
     results: dict[str, list[dict]] = {side: [] for side in code_by_side}
     for _ in range(args.repeat):
@@ -142,10 +147,10 @@ def main() -> None:
     summary = {
         side: {key: statistics.median(r[key] for r in runs) for key in ("wall", "cpu", "peak_rss")}
         | {"top": runs[0]["top"], "ids": runs[0]["ids"]}
-        for side, runs in results.items()
+        for side, runs in results.items() if runs
     }
     out: dict = {"model": path.name, "load": summary, "loadavg_1m": os.getloadavg()[0]}
-    if "transformers" in summary:
+    if "transformers" in summary and "ours" in summary:
         ours, theirs = summary["ours"], summary["transformers"]
         out["ratio_wall"] = round(ours["wall"] / theirs["wall"], 3)
         out["ratio_cpu"] = round(ours["cpu"] / theirs["cpu"], 3)
@@ -159,8 +164,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"Loading {path.name} (model + tokenizer, fp32, CPU), median of {args.repeat}:")
-    print(f"{'':14}{'wall s':>10}{'CPU s':>10}{'peak RSS MiB':>14}")
+    if summary:
+        print(f"Loading {path.name} (model + tokenizer, fp32, CPU), median of {args.repeat}:")
+        print(f"{'':14}{'wall s':>10}{'CPU s':>10}{'peak RSS MiB':>14}")
     for side, s in summary.items():
         print(f"{side:14}{s['wall']:>10.2f}{s['cpu']:>10.2f}{s['peak_rss'] / 2**20:>14.0f}")
     if "ratio_wall" in out:
@@ -168,10 +174,10 @@ def main() -> None:
               f"(target <= 0.2); same tokens: {out['same_tokens']}, same top-1: {out['same_top1']}")
     print(f"1-minute load average during the run: {out['loadavg_1m']:.1f}")
     print("\nDequantization throughput (MB/s of fp32 output):")
-    print(f"{'type':8}{'device':8}{'tensors':>8}{'MB':>9}{'numpy':>10}{'torch':>10}{'torch/numpy':>13}")
+    print(f"{'type':8}{'device':8}{'threads':>8}{'tensors':>8}{'MB':>9}{'numpy':>10}{'torch':>10}{'torch/numpy':>13}")
     for r in out["dequant"]:
-        print(f"{r['type']:8}{r['device']:8}{r['tensors']:>8}{r['mb_fp32']:>9}{r['numpy_mb_s']:>10}"
-              f"{r['torch_mb_s']:>10}{r['ratio']:>13}")
+        print(f"{r['type']:8}{r['device']:8}{r['torch_threads']:>8}{r['tensors']:>8}{r['mb_fp32']:>9}"
+              f"{r['numpy_mb_s']:>10}{r['torch_mb_s']:>10}{r['ratio']:>13}")
 
 
 if __name__ == "__main__":
