@@ -14,6 +14,7 @@ The HF cache status comes from ``hf_cache.repo_cache_status`` (or ``huggingface_
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from dataclasses import asdict, dataclass
@@ -81,6 +82,14 @@ def _fallback_status(repo_id: str, cache_dir: str | None) -> tuple[str, int, str
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
+    if not cache_dir:  # huggingface_hub.constants froze HF_HUB_CACHE/HF_HOME at import; read them now
+        env = os.environ
+        if value := env.get("HF_HUB_CACHE"):
+            cache_dir = value
+        elif value := env.get("HF_HOME"):
+            cache_dir = str(Path(value) / "hub")
+        else:
+            cache_dir = str(Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface" / "hub")
     try:
         info = scan_cache_dir(cache_dir)
     except CacheNotFound:

@@ -143,6 +143,7 @@ def test_cache_status_cached_partial_missing() -> None:
     assert basemodel._fallback_status("google/gemma-3-270m-it", str(hub))[0] == "cached"
     assert basemodel._fallback_status("Qwen/Qwen2.5-3B-Instruct", str(hub))[0] == "partial"
     assert basemodel._fallback_status("meta-llama/Llama-3.2-1B-Instruct", str(hub))[0] == "missing"
+    assert basemodel._fallback_status("google/gemma-3-270m-it", None)[0] == "cached"  # HF_HOME read at call time
 
 
 def test_cache_dir_setting_is_respected(tmp_path: Path) -> None:
