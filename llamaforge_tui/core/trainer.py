@@ -210,7 +210,9 @@ class TrainingRecipe:
             raise ConfigError(f"checkpoint {path.name} was made with {state.get('world_size')} process(es) x "
                               f"grad_accum {state.get('grad_accum')}; resume with the same global batch")
         self.step = self.last_saved_step = int(state["step"])
-        self.total_steps = max(self.total_steps, int(state.get("total_steps", self.total_steps)))
+        if self.step >= self.total_steps:
+            self.say(f"{path.name} is already at step {self.step} of {self.total_steps}: nothing left to train; "
+                     "raise the steps (--steps N) to continue", "warning")
         self.last_loss = state.get("loss")
         self.say(f"resumed from {path.name}")
 

@@ -16,16 +16,10 @@ from llamaforge_tui.core import runs, trainer  # noqa: E402
 from llamaforge_tui.core.events import CheckpointSaved, Event, RunFailed, RunFinished, StepLogged  # noqa: E402
 from llamaforge_tui.core.settings import Settings  # noqa: E402
 from llamaforge_tui.core.train_config import TrainConfig  # noqa: E402
-from tests.fixtures.train_models import QA, make_tiny_llama, write_qa_jsonl  # noqa: E402
+from tests.fixtures.train_models import QA, make_tiny_llama, one_thread, write_qa_jsonl  # noqa: E402, F401
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # noqa: ANN202
-    """Tiny matmuls on a shared, busy CPU run ~10x faster on one thread than on several."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
