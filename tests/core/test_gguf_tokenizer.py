@@ -112,3 +112,18 @@ def test_gemma3_tokenizer_matches_llama_cpp_and_is_fast() -> None:
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) == (2, 1, 0, 3)
     gemma_texts = ("<start_of_turn>user\nWrite a haiku<end_of_turn>\n<start_of_turn>model\n", "x<bos>y<eos>")
     _assert_parity(path, SAMPLE_TEXTS + EXTRA_TEXTS + gemma_texts)
+
+
+def test_spm_merges_cache_is_exact() -> None:
+    """The second build reads the merges back from the data-dir cache and tokenizes identically."""
+    from llamaforge_tui.core.settings import data_dir
+
+    path = session_factory().gguf("mistral", "F32")
+    cold = load_gguf_tokenizer(path)
+    cached = list((data_dir() / "cache" / "spm-merges").glob("*.npy"))
+    assert len(cached) == 1
+    warm = load_gguf_tokenizer(path)
+    assert warm.backend_tokenizer.to_str() == cold.backend_tokenizer.to_str()
+    cached[0].write_bytes(b"garbage")  # a damaged cache entry is rebuilt, never trusted
+    again = load_gguf_tokenizer(path)
+    assert again.backend_tokenizer.to_str() == cold.backend_tokenizer.to_str()
