@@ -202,7 +202,7 @@ class ModelsPane(Vertical):
         worker = get_current_worker()
         try:
             scan = scan_store(settings)
-        except OSError as exc:  # scan_store reports problems itself; this is a last resort for odd filesystems
+        except (OSError, LlamaForgeError) as exc:  # scan_store reports problems itself; a last resort
             result = _ScanResult(None, None, f"scan failed: {exc}")
         else:
             result = _ScanResult(scan, None)
@@ -258,6 +258,10 @@ class ModelsPane(Vertical):
             table.add_row(*row_cells(model), key=str(i))
         if not self._shown:
             self._select(None)
+            if not self.models:
+                self.query_one("#models-details", Static).update(Text(
+                    "No Ollama models found. Pull one (for example `ollama pull gemma3:270m`), or point "
+                    "LlamaForge at another store with --models-dir or OLLAMA_MODELS, then press r."))
             return
         index = next((i for i, m in enumerate(self._shown) if m.key == keep), 0)
         table.move_cursor(row=index)
