@@ -193,3 +193,19 @@ def test_name_maps_round_trip_for_every_arch(factory) -> None:  # noqa: ANN001
                 assert back_name == info.name and torch.equal(back, raw), info.name
             if config.tie_word_embeddings:
                 assert archmod.hf_tensor_to_gguf(arch, "lm_head.weight", torch.zeros(1), config)[0] is None
+
+
+def test_llama3_rope_scaling_from_rope_freqs(factory) -> None:  # noqa: ANN001
+    """Llama 3.1/3.2 GGUFs carry their rope scaling as ``rope_freqs.weight`` (per-frequency divisors); applying them
+    reproduces transformers' ``llama3`` rope exactly enough, where ignoring them (transformers' own GGUF loader
+    does) changes the logits."""
+    path = factory.gguf("llama31", "F32")
+    with GgufFile(path) as g:
+        assert g.has_tensor("rope_freqs.weight")
+    loaded = load_model(str(path), Settings(), dtype="float32", device="cpu")
+    ref = _hf_model(factory.hf_dir("llama31"))
+    ids = loaded.tokenizer(PROMPT * 3, return_tensors="pt").input_ids
+    ours, theirs = _logits(loaded.model, ids), _logits(ref, ids)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    plain = _transformers_gguf(path)
+    assert (_logits(plain, ids) - theirs).abs().max().item() > 1e-3
