@@ -30,6 +30,7 @@ from llamaforge_tui.core.system import (
     NvmlSampler,
 )
 
+NAME_WIDTH = 18
 LEVEL_CLASSES = tuple(f"-{level.value}" for level in Level)
 
 
@@ -82,7 +83,7 @@ class GpuRow(Horizontal):
         yield Gauge(classes="gauge gpu-power")
 
     def show(self, sample: GpuSample) -> None:
-        self.query_one(".gpu-name", Label).update(Text(f"GPU{sample.index} {sample.name}"[:24]))
+        self.query_one(".gpu-name", Label).update(Text(f"GPU{sample.index} {sample.name.removeprefix('NVIDIA ')}"[:NAME_WIDTH]))
         self.query_one(".gpu-util", Gauge).set_value(
             f"util {bar_text(sample.utilization_percent, 8)} {_pct(sample.utilization_percent)}",
             sample.utilization_level)

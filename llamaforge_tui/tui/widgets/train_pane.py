@@ -379,8 +379,13 @@ class TrainPane(Vertical):
             return
         self._dirty = False
         state = self.state
-        self.remove_class(*STATE_CLASSES)
-        self.add_class(f"-{state.status}")
+        # The status class goes on the title, not the pane: a class change on the pane restyles every
+        # widget in it (hundreds of ms on a busy CPU), and only the title's colour depends on it.
+        title_widget = self.query_one("#run-title", Static)
+        wanted = f"-{state.status}"
+        if not title_widget.has_class(wanted):
+            title_widget.remove_class(*STATE_CLASSES)
+            title_widget.add_class(wanted)
         title = {IDLE: "No run yet: fill in the form and press t, or pick one under Runs.",
                  STOPPING: "stopping… (finishing the current step and writing a checkpoint)"}.get(state.status)
         if title is None:
@@ -390,9 +395,10 @@ class TrainPane(Vertical):
                 title += f" - {state.failed.reason}"
         elif state.status == STOPPING and state.run_id:
             title = f"{state.run_id}: {title}"
-        self.query_one("#run-title", Static).update(Text(title))
+        title_widget.update(Text(title))
         bar = self.query_one(ProgressBar)
-        bar.update(total=state.total_steps or None, progress=state.step)
+        # An unknown total animates the bar (a run loading its model); with no run it stays still.
+        bar.update(total=state.total_steps or (None if self.run_active else 1), progress=state.step)
         self.query_one("#run-stats", Static).update(Text(self._stats_text()))
         self.query_one(LossChart).set_points(state.train_points, state.eval_points)
         # Dimmed, not disabled: disabling the focused button would throw focus into the form, where the

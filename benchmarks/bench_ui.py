@@ -1,0 +1,192 @@
+"""Benchmark: is the TUI still responsive while a CPU training run is active, and does watching slow the run?
+
+1. Event-loop latency: a 50 ms interval timer in the app records how late each callback fires; p50/p95/max
+   with the app idle on the Train pane, and with a real training run active in the pane's worker thread.
+   Frame rate: screen updates per second in both cases (the monitor redraws ~4 times a second when data
+   changes, so the active figure is the interesting one). Target: p95 latency under 100 ms.
+2. Training tokens/s of the same run headless (``core.trainer.run`` with a no-op emit) and with the monitor
+   attached (started from the Train pane), as a ratio. Target: >= 0.97x. The two are alternated
+   (headless, monitored, headless, monitored...) so machine load drifts hit both alike; the reported ratio
+   is the median of the per-pair ratios. On a shared machine, read the load average it prints with it.
+
+The model is a random Llama (hidden 256, 4 layers) built offline, trained with LoRA on CPU.
+Run: ``python benchmarks/bench_ui.py [--steps 40] [--repeats 2] [--hidden 256] [--layers 4]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TIMER_INTERVAL = 0.05
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def mean_tokens_per_second(events: list[Any]) -> float:
+    """Tokens over time between the first and the last step event (the first step includes warm-up)."""
+    from llamaforge_tui.core.events import StepLogged
+
+    steps = [e for e in events if isinstance(e, StepLogged)]
+    if len(steps) < 3:
+        return float("nan")
+    tokens = sum(e.tokens for e in steps[1:])
+    seconds = steps[-1].elapsed_seconds - steps[0].elapsed_seconds
+    return tokens / seconds if seconds > 0 else float("nan")
+
+
+def make_config(model: Path, data: Path, steps: int, out: Path) -> Any:
+    from llamaforge_tui.core.train_config import TrainConfig
+
+    return TrainConfig(model=str(model), data=str(data), max_steps=steps, batch_size=4, max_seq_len=128,
+                       save_every=0, log_every=1, output_dir=str(out), device="cpu")
+
+
+def headless_run(config: Any) -> float:
+    from llamaforge_tui.core.settings import Settings
+    from llamaforge_tui.core.trainer import run
+
+    events: list[Any] = []
+    run(config, events.append, threading.Event(), settings=Settings())
+    return mean_tokens_per_second(events)
+
+
+class Probe:
+    """Timer lateness and frame count for one app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lateness: list[float] = []
+        self.frames = 0
+        self._expected = 0.0
+        original = app._display
+
+        def counting_display(*args: Any, **kwargs: Any) -> Any:
+            self.frames += 1
+            return original(*args, **kwargs)
+
+        app._display = counting_display
+
+    def start(self) -> None:
+        self.lateness.clear()
+        self.frames = 0
+        self._expected = time.perf_counter() + TIMER_INTERVAL
+        self.started = time.perf_counter()
+        self.timer = self.app.set_interval(TIMER_INTERVAL, self._tick, name="bench-probe")
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.lateness.append(max(0.0, now - self._expected))
+        self._expected = now + TIMER_INTERVAL
+
+    def stop(self) -> dict[str, float]:
+        self.timer.stop()
+        seconds = time.perf_counter() - self.started
+        return {"p50_ms": 1000 * percentile(self.lateness, 50), "p95_ms": 1000 * percentile(self.lateness, 95),
+                "max_ms": 1000 * max(self.lateness, default=float("nan")), "fps": self.frames / seconds,
+                "seconds": seconds}
+
+
+async def monitored_run(config: Any, idle_seconds: float) -> tuple[dict[str, float], dict[str, float], float]:
+    from llamaforge_tui.core.settings import Settings
+    from llamaforge_tui.tui.app import Services, make_app
+    from llamaforge_tui.tui.widgets.run_form import RunForm
+    from llamaforge_tui.tui.widgets.train_pane import TrainPane
+
+    app = make_app(Settings(), Services())  # the real NVML sampler: part of what a user's monitor costs
+    messages: list[Any] = []
+    async with app.run_test(size=(120, 40), message_hook=messages.append) as pilot:
+        app.action_show_pane("train")
+        await pilot.pause(1.0)
+        probe = Probe(app)
+        probe.start()
+        await asyncio.sleep(idle_seconds)
+        idle = probe.stop()
+        pane = app.query_one(TrainPane)
+        form = app.query_one(RunForm)
+        form.base = config
+        form.load_config(config)
+        probe.start()
+        pane.action_start()
+        await pilot.pause(0.2)
+        while pane.run_active:
+            await asyncio.sleep(0.1)
+        active = probe.stop()
+        await pilot.pause(0.3)
+    events = [e for m in messages if isinstance(m, TrainPane.EventsArrived) for e in m.events]
+    return idle, active, mean_tokens_per_second(events)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--idle-seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    from tests.fixtures.train_models import make_tiny_llama, write_qa_jsonl
+
+    work = Path(tempfile.mkdtemp(prefix="lf-bench-ui-"))
+    os.environ.setdefault("LLAMAFORGE_DATA_DIR", str(work / "data"))
+    os.environ.setdefault("LLAMAFORGE_CONFIG_DIR", str(work / "config"))
+    model = make_tiny_llama(work / "model", hidden=args.hidden, layers=args.layers)
+    data = write_qa_jsonl(work / "qa.jsonl", repeat=32)
+
+    headless_run(make_config(model, data, 5, work / "warm-up"))  # first-run costs (imports, allocator) off the clock
+    headless: list[float] = []
+    monitored: list[float] = []
+    idles: list[dict[str, float]] = []
+    actives: list[dict[str, float]] = []
+    for i in range(args.repeats):
+        headless.append(headless_run(make_config(model, data, args.steps, work / f"headless-{i}")))
+        idle, active, tps = asyncio.run(monitored_run(make_config(model, data, args.steps, work / f"tui-{i}"),
+                                                      args.idle_seconds))
+        idles.append(idle)
+        actives.append(active)
+        monitored.append(tps)
+        print(f"pair {i + 1}: headless {headless[-1]:,.0f} tok/s, monitored {tps:,.0f} tok/s "
+              f"(ratio {tps / headless[-1]:.3f}), load average {os.getloadavg()[0]:.1f}; "
+              f"timer p95 idle {idle['p95_ms']:.1f} ms, active {active['p95_ms']:.1f} ms", flush=True)
+
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    print()
+    print(f"model: Llama hidden {args.hidden}, {args.layers} layers; {args.steps} steps x batch 4 x 128 tokens; "
+          f"CPU threads {os.cpu_count()}; {args.repeats} repeats (medians)")
+    print(f"{'':28}{'idle':>12}{'training':>12}{'ratio':>10}")
+    for key, label in (("p50_ms", "timer lateness p50 (ms)"), ("p95_ms", "timer lateness p95 (ms)"),
+                       ("max_ms", "timer lateness max (ms)"), ("fps", "frames per second")):
+        a, b = med(idles, key), med(actives, key)
+        print(f"{label:28}{a:12.1f}{b:12.1f}{(b / a if a else float('nan')):10.2f}")
+    h, m = statistics.median(headless), statistics.median(monitored)
+    ratio = statistics.median(b / a for a, b in zip(headless, monitored))  # per pair: drift hits both runs
+    print(f"{'training tokens/s':28}{'headless':>12}{'monitored':>12}{'ratio':>10}")
+    print(f"{'':28}{h:12,.0f}{m:12,.0f}{ratio:10.3f}   (ratio: median of the per-pair ratios)")
+    p95 = med(actives, "p95_ms")
+    print(f"\ntarget p95 < 100 ms while training: {'met' if p95 < 100 else 'NOT met'} ({p95:.1f} ms); "
+          f"target tokens/s ratio >= 0.97: {'met' if ratio >= 0.97 else 'NOT met'} ({ratio:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
