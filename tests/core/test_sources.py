@@ -166,3 +166,24 @@ def test_ollama_model_with_hf_weights_uses_the_mapped_base(tmp_path: Path) -> No
     with pytest.raises(SourceError, match="no Hugging Face base model is known"):
         resolve_source("ollama:tinyqwen:q4", Settings(models_dirs=[str(tmp_path / "models")],
                                                       base_model_overrides={"tinyqwen:q4": "none"}), "hf")
+
+
+def test_hf_source_downloads_once_through_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """hf:ORG/NAME not in the cache: fetched through hf_cache.download_repo (config, tokenizer, safetensors only),
+    then loaded; the second resolve finds it in the cache without asking the hub."""
+    from fixtures.fake_hub import FakeHub, FakeRepo, go_online
+    from llamaforge_tui.core.loading import load_model
+
+    hf_dir = session_factory().hf_dir("llama")
+    files = {f.name: f.read_bytes() for f in hf_dir.iterdir() if f.is_file()}
+    files["pytorch_model.bin"] = b"never fetched"
+    settings = Settings(hf_cache_dir=str(tmp_path / "hub"))
+    with FakeHub() as server:
+        server.add(FakeRepo("acme/tiny-llama", files))
+        go_online(monkeypatch, server)
+        loaded = load_model("hf:acme/tiny-llama", settings, dtype="float32", device="cpu")
+        assert loaded.description.hf_repo == "acme/tiny-llama" and loaded.description.weights == "hf"
+        snapshot = Path(loaded.description.model_dir or "")
+        assert (snapshot / "model.safetensors").exists() and not (snapshot / "pytorch_model.bin").exists()
+    again = resolve_source("hf:acme/tiny-llama", settings, "hf", download=False)  # server stopped: cache only
+    assert again.model_dir == snapshot
