@@ -168,7 +168,9 @@ class ModelsPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(Text("Scanning the Ollama store…"), id="models-status", markup=False)
-        yield Input(placeholder="filter: name, arch, quantization, status, base repo (esc clears)", id="models-filter")
+        box = Input(placeholder="filter: name, arch, quantization, status, base repo (esc clears)", id="models-filter")
+        box.display = False  # hidden from the start, so auto-focus can never land (and type) in it
+        yield box
         with Horizontal(id="models-body"):
             table: DataTable[Text] = DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
             yield table
@@ -180,7 +182,6 @@ class ModelsPane(Vertical):
         for label, key in (("Name", "name"), ("Status", "status"), ("Arch", "arch"), ("Quant", "quant"),
                            ("Params", "params"), ("Size", "size"), ("HF base", "base")):
             table.add_column(label, key=key)
-        self.query_one("#models-filter", Input).display = False
         self.start_scan()
 
     def on_resize(self) -> None:
