@@ -83,10 +83,19 @@ def _f16(blocks: torch.Tensor, offset: int) -> torch.Tensor:
     return blocks[:, offset : offset + 2].contiguous().view(torch.float16).float()
 
 
+_SHIFTS: dict[tuple[tuple[int, ...], tuple[int, ...], str], torch.Tensor] = {}
+
+
 def _shifts(values: list[int], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A small constant tensor of shift amounts, cached per device: building it from a list on every call would be
+    a blocking host-to-device copy on CUDA, stalling the GPU queue once per weight."""
     import torch
 
-    return torch.tensor(values, dtype=torch.uint8, device=like.device).view(shape)
+    key = (tuple(values), shape, str(like.device))
+    cached = _SHIFTS.get(key)
+    if cached is None:
+        cached = _SHIFTS[key] = torch.tensor(values, dtype=torch.uint8, device=like.device).view(shape)
+    return cached
 
 
 def _nibbles(qs: torch.Tensor, groups: int, width: int) -> torch.Tensor:
