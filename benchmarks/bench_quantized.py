@@ -6,6 +6,13 @@
    peak RSS after loading and after training, LoRA training tokens/s, side by side, with the ratios.
 
 Run: ``python benchmarks/bench_quantized.py [--device cpu|cuda] [--steps N] [--seq-len T] [--batch B]``.
+On a machine without the real model (a GPU box), ``--save-header FILE`` here and ``--synthetic FILE`` there rebuild
+a file with Gemma's exact header, tensor types and offsets, and random valid blocks (speed/memory carry over).
+
+Measured 2026-11-27 on one H100 box (16 CPU cores), synthetic Gemma layout, fp32, LoRA r=16:
+- kernels vs numpy: torch CPU 3.2x (Q3_K) to 24x (Q8_0); torch CUDA 54x (Q4_K) to 166x (Q4_0).
+- CUDA, batch 4 x 512: base weights 235 MiB vs 1023 MiB (0.23x); peak CUDA memory 0.78x; tokens/s 0.48x.
+- CPU, batch 1 x 128: base 0.23x; peak RSS 0.60x (growth over the loaded libraries 0.36x); tokens/s 0.69x.
 """
 
 from __future__ import annotations
