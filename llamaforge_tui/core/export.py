@@ -29,7 +29,7 @@ from llamaforge_tui.core.verify import Verification
 __all__ = ["EXPORT_TYPES", "ExportCancelled", "ExportError", "ExportOptions", "ExportProgress", "ExportResult",
            "RunInfo", "VerificationFailed", "default_type", "export_run", "load_run", "measure_choices"]
 
-EXPORT_TYPES = ("auto", *PLAIN_TYPES, *kquant.KQUANT_TYPES, "keep", "hybrid")
+EXPORT_TYPES = ("auto", *PLAIN_TYPES, *kquant.KQUANT_TYPES, "keep", "hybrid", "hybrid-f16")
 SMALL_MODEL_PARAMS = 3_000_000_000
 
 

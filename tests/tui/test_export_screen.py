@@ -1,0 +1,108 @@
+"""The Export view: options reach the core, progress and verification show, name clashes ask first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.widgets import Checkbox, DataTable, Select, Static
+
+from tests.tui.train_helpers import wait_for
+
+from llamaforge_tui.core.export import ExportOptions, ExportProgress, ExportResult
+from llamaforge_tui.core.register import NameClash
+from llamaforge_tui.core.settings import Settings
+from llamaforge_tui.core.verify import Verification, VerificationSample
+from llamaforge_tui.tui.app import Services, make_app
+from llamaforge_tui.tui.screens.export_screen import ConfirmReplace, ExportScreen
+from llamaforge_tui.tui.widgets.train_pane import TrainPane
+
+
+async def _idle(pilot: Any, app: Any) -> None:
+    """Wait for the export workers only (the app's GPU sampler never finishes)."""
+    await wait_for(pilot, lambda: not any(w.group == "export" and not w.is_finished for w in app.workers), 30,
+                   "the export worker")
+    await pilot.pause(0.1)
+
+
+def _verification(label: str, kl: float) -> Verification:
+    return Verification(1.0, kl, kl * 5, 96, True, "float", [], VerificationSample("p [bold]x", "ans [red]", "ans [red]"),
+                        label=label)
+
+
+class FakeExport:
+    def __init__(self, clash_first: bool = False) -> None:
+        self.calls: list[ExportOptions] = []
+        self.clash_first = clash_first
+
+    def __call__(self, run_dir: Path, options: ExportOptions, settings: Any, *, progress: Any, stop_event: Any) -> ExportResult:
+        self.calls.append(options)
+        progress(ExportProgress("write", "writing blk.0", 50, 100))
+        progress(ExportProgress("register", "uploading model.gguf"))
+        if self.clash_first and not options.force:
+            raise NameClash(options.name or "x")
+        return ExportResult(run_dir / "m.gguf", options.out_type, 123, run_dir / "Modelfile",
+                            registered_as="tuned:latest" if options.register else None,
+                            verification=_verification(options.out_type, 2e-7), name="tuned",
+                            create_command="ollama create tuned -f Modelfile")
+
+
+async def test_export_runs_with_chosen_options_and_shows_results(tmp_path: Path) -> None:
+    fake = FakeExport()
+    app = make_app(Settings(), Services(extra={"export_run": fake}))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.push_screen(ExportScreen(tmp_path))
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#export-type", Select).value = "f16"
+        screen.query_one("#export-register", Checkbox).value = True
+        screen.query_one("#export-verify", Checkbox).value = True
+        await pilot.click("#export-start")
+        await _idle(pilot, app)
+        assert fake.calls[0].out_type == "f16" and fake.calls[0].register and fake.calls[0].verify
+        table = screen.query_one("#export-verification", DataTable)
+        assert table.row_count == 1 and table.get_row_at(0)[2] == "2.00e-07"
+        assert "generated: ans [red]" in str(screen.query_one("#export-sample", Static).render())
+        assert "registered as tuned:latest" in str(screen.query_one("#export-registration", Static).render())
+
+
+async def test_name_clash_asks_then_retries_with_force(tmp_path: Path) -> None:
+    fake = FakeExport(clash_first=True)
+    app = make_app(Settings(), Services(extra={"export_run": fake}))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.push_screen(ExportScreen(tmp_path))
+        await pilot.pause()
+        await pilot.press("ctrl+e")
+        await _idle(pilot, app)
+        assert isinstance(app.screen, ConfirmReplace)
+        await pilot.press("y")
+        await _idle(pilot, app)
+        assert [c.force for c in fake.calls] == [False, True]
+        assert isinstance(app.screen, ExportScreen)
+
+
+async def test_compare_fills_the_table_with_each_choice(tmp_path: Path) -> None:
+    def measure(run_dir: Path, choices: list[str], settings: Any, *, progress: Any, stop_event: Any) -> list[Verification]:
+        return [_verification(c, 1e-4 * (i + 1)) for i, c in enumerate(choices)]
+
+    app = make_app(Settings(), Services(extra={"measure_choices": measure}))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.push_screen(ExportScreen(tmp_path))
+        await pilot.pause()
+        await pilot.press("ctrl+k")
+        await _idle(pilot, app)
+        table = app.screen.query_one("#export-verification", DataTable)
+        labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        assert labels == ["f16", "q8_0", "hybrid", "adapter", "q4_k_m"]
+
+
+async def test_train_pane_export_request_opens_the_screen(tmp_path: Path) -> None:
+    app = make_app(Settings())
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.query_one(TrainPane).post_message(TrainPane.ExportRequested(tmp_path))
+        await pilot.pause()
+        await pilot.pause()
+        assert isinstance(app.screen, ExportScreen) and app.screen.run_dir == tmp_path
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, ExportScreen)
