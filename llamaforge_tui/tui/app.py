@@ -127,6 +127,12 @@ class LlamaForgeApp(App[int]):
     def on_dataset_pane_dataset_selected(self, message: DatasetPane.DatasetSelected) -> None:
         self.selected_dataset = message.path
 
+    def on_train_pane_export_requested(self, message: TrainPane.ExportRequested) -> None:
+        """A finished run asked for export: open the Export view on it."""
+        from llamaforge_tui.tui.screens.export_screen import ExportScreen
+
+        self.push_screen(ExportScreen(message.run_dir))
+
     def on_models_pane_download_requested(self, message: ModelsPane.DownloadRequested) -> None:
         """`d` on a model whose base needs downloading: show the cache pane and start the download there."""
         self.action_show_pane("cache")
