@@ -9,6 +9,7 @@ at a time. Peak memory is the final model plus about one tensor.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -179,6 +181,11 @@ def load_gguf_weights(model: Any, gguf: GgufFile, spec: archmod.ArchSpec, config
             done += info.nbytes
             if progress is not None:
                 progress(done, total)
+    _finish(model, gguf, config, device)
+
+
+def _finish(model: Any, gguf: GgufFile, config: Any, device: torch.device) -> None:
+    """Tie the head, apply Llama 3 rope factors, and make sure no parameter was left on the meta device."""
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     factors = archmod.rope_freq_factors(gguf)
@@ -197,7 +204,10 @@ def _move_buffers(model: Any, device: torch.device) -> None:
 
 
 def model_from_gguf(gguf: GgufFile, weights: str, dtype: torch.dtype, device: torch.device,
-                     progress: Progress | None, stop_event: threading.Event | None) -> Any:
+                    progress: Progress | None = None, stop_event: threading.Event | None = None, *,
+                    cache: bool = False) -> Any:
+    """The transformers model for ``gguf``. ``cache``: reuse (or fill) the dequantized-model cache
+    (``dequant_cache.py``); only for ``weights="gguf"``."""
     spec = check_gguf_loadable(gguf, weights)
     config = archmod.config_from_gguf(gguf, spec)
     model = build_skeleton(config, dtype)
@@ -217,9 +227,19 @@ def model_from_gguf(gguf: GgufFile, weights: str, dtype: torch.dtype, device: to
         if factors is not None:
             _apply_rope_freqs(model, factors, device)
     else:
+        from llamaforge_tui.core import dequant_cache
+
         _move_buffers(model, device)
-        load_gguf_weights(model, gguf, spec, config, dtype=dtype, device=device, progress=progress,
-                          stop_event=stop_event)
+        key = dequant_cache.cache_key(gguf.path, dtype) if cache else None
+        if key is not None and dequant_cache.load_into(model, key, device):
+            _finish(model, gguf, config, device)
+            log.info("loaded %s from the dequantized-model cache (%s)", gguf.path, key)
+        else:
+            load_gguf_weights(model, gguf, spec, config, dtype=dtype, device=device, progress=progress,
+                              stop_event=stop_event)
+            if key is not None:
+                dequant_cache.save(model, key, {"gguf_path": str(gguf.path), "dtype": str(dtype).removeprefix("torch."),
+                                                "architecture": spec.name})
     model.eval()
     return model
 

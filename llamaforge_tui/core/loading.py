@@ -225,11 +225,13 @@ def parameter_count(model: Any) -> int:
 
 def load_model(source: str | SourceSpec, settings: Settings | None = None, *, weights: str = "gguf",
                dtype: str | torch.dtype = "auto", device: str = "auto", progress: Progress | None = None,
-               stop_event: threading.Event | None = None, check_memory: bool = True) -> LoadedModel:
+               stop_event: threading.Event | None = None, check_memory: bool = True,
+               cache: bool = False) -> LoadedModel:
     """Load ``source`` into a transformers causal LM with its tokenizer and a description.
 
     ``weights``: ``gguf`` (dequantize the GGUF, default), ``hf`` (the mapped HF base), ``gguf-quantized`` (keep GGUF
     blocks in memory, see ``qlora.py``). Unsupported architectures or quant types fail before any tensor is read.
+    ``cache``: keep the dequantized weights on disk (``dequant_cache.py``) and reuse them next time (exact).
     """
     start = time.perf_counter()
     spec = source if isinstance(source, SourceSpec) else parse_source(source)
@@ -253,7 +255,7 @@ def load_model(source: str | SourceSpec, settings: Settings | None = None, *, we
             # doing both at once hides most of the tokenizer's time.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lf-tokenizer") as pool:
                 pending = pool.submit(load_tokenizer, resolved, settings, resolved.weights)
-                model = model_from_gguf(gguf, resolved.weights, dt, dev, progress, stop_event)
+                model = model_from_gguf(gguf, resolved.weights, dt, dev, progress, stop_event, cache=cache)
                 tokenizer = pending.result()
             file_type = file_type_name(gguf.get("general.file_type"))
     else:

@@ -209,3 +209,29 @@ def test_llama3_rope_scaling_from_rope_freqs(factory) -> None:  # noqa: ANN001
     assert (ours - theirs).abs().max().item() <= 1e-4
     plain = _transformers_gguf(path)
     assert (_logits(plain, ids) - theirs).abs().max().item() > 1e-3
+
+
+def test_dequantized_cache_is_reused_exactly(factory, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from llamaforge_tui.core import dequant_cache, gguf_loader
+
+    path = factory.gguf("gemma3", "Q4_K_M")  # tied head + norm offsets: the interesting case
+    first = load_model(str(path), Settings(), dtype="bfloat16", device="cpu", cache=True)
+    entries = dequant_cache.cache_usage()
+    assert len(entries) == 1 and entries[0].dtype == "bfloat16" and entries[0].size_bytes > 1_000_000
+
+    def no_gguf_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cache hit must not dequantize the GGUF")
+
+    original = gguf_loader.load_gguf_weights
+    monkeypatch.setattr(gguf_loader, "load_gguf_weights", no_gguf_read)
+    second = load_model(str(path), Settings(), dtype="bfloat16", device="cpu", cache=True)
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert second.model.lm_head.weight is second.model.model.embed_tokens.weight  # still tied
+    ids = first.tokenizer(PROMPT, return_tensors="pt").input_ids
+    assert torch.equal(_logits(first.model, ids), _logits(second.model, ids))
+    # another dtype is another entry; clearing frees the bytes
+    monkeypatch.setattr(gguf_loader, "load_gguf_weights", original)
+    load_model(str(path), Settings(), dtype="float32", device="cpu", cache=True)
+    assert len(dequant_cache.cache_usage()) == 2
+    assert dequant_cache.clear() > 0 and dequant_cache.cache_usage() == []
