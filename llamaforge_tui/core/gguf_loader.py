@@ -31,14 +31,20 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def params_on_meta() -> Iterator[None]:
     """Build modules with parameters on the meta device but real buffers (rotary frequencies, Gemma's embedding
-    scale): parameters are replaced by GGUF tensors anyway, buffers are computed from the config."""
+    scale): parameters are replaced by GGUF tensors anyway, buffers are computed from the config.
+
+    ``nn.Module.register_parameter`` is patched for the duration, but only the calling thread is affected: a TUI
+    may build other modules in other threads meanwhile."""
+    import threading
+
     import torch
     from torch import nn
 
     original = nn.Module.register_parameter
+    owner = threading.get_ident()
 
     def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
+        if param is not None and param.device.type != "meta" and threading.get_ident() == owner:
             param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
         original(module, name, param)
 

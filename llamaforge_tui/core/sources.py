@@ -129,7 +129,7 @@ def hf_snapshot(repo: str, revision: str | None, settings: Settings | None, *, d
     cache_dir = (settings.hf_cache_dir or None) if settings is not None else None
     try:
         cached = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision)
-    except Exception as exc:  # huggingface_hub raises ValueError-like errors for bad ids
+    except ValueError as exc:  # huggingface_hub's HFValidationError for ids it rejects
         raise SourceError(f"cannot look up {repo} in the Hugging Face cache: {exc}") from exc
     if isinstance(cached, str):
         folder = Path(cached).parent

@@ -235,3 +235,27 @@ def test_dequantized_cache_is_reused_exactly(factory, monkeypatch: pytest.Monkey
     load_model(str(path), Settings(), dtype="float32", device="cpu", cache=True)
     assert len(dequant_cache.cache_usage()) == 2
     assert dequant_cache.clear() > 0 and dequant_cache.cache_usage() == []
+
+
+def test_meta_skeleton_does_not_leak_into_other_threads() -> None:
+    import threading
+
+    from llamaforge_tui.core.gguf_loader import params_on_meta
+
+    seen: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        started.wait(5)
+        seen.append(torch.nn.Linear(2, 2).weight.device.type)
+        release.set()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    with params_on_meta():
+        mine = torch.nn.Linear(2, 2)
+        started.set()
+        release.wait(5)
+    worker.join()
+    assert mine.weight.device.type == "meta" and seen == ["cpu"]
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # restored afterwards
