@@ -291,8 +291,11 @@ def load_gguf_tokenizer(path: str | Path | GgufFile) -> PreTrainedTokenizerFast:
     BOS/EOS/PAD and ``add_bos``. Accepts Ollama blobs (no extension needed)."""
     from transformers import PreTrainedTokenizerFast
 
-    gguf = path if isinstance(path, GgufFile) else GgufFile(path)
-    tok, facts = build_tokenizer(gguf)
+    if isinstance(path, GgufFile):
+        tok, facts = build_tokenizer(path)
+    else:
+        with GgufFile(path) as gguf:
+            tok, facts = build_tokenizer(gguf)
     kwargs: dict[str, Any] = {}
     for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
         if facts[key] is not None:
@@ -306,5 +309,4 @@ def load_gguf_tokenizer(path: str | Path | GgufFile) -> PreTrainedTokenizerFast:
     fast.__init__(clean_up_tokenization_spaces=False, **kwargs)
     # pin the BOS/EOS post-processor to what llama.cpp does, whatever transformers inferred
     fast._tokenizer.post_processor = tok.post_processor
-    fast.init_kwargs["gguf_tokenizer_model"] = facts["model"]
     return fast
