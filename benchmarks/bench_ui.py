@@ -64,7 +64,11 @@ def headless_run(config: Any) -> float:
     from llamaforge_tui.core.trainer import run
 
     events: list[Any] = []
-    run(config, events.append, threading.Event(), settings=Settings())
+    # In a plain thread, as the TUI's worker runs it: the only difference left between the two is the UI.
+    thread = threading.Thread(target=run, args=(config, events.append, threading.Event()),
+                              kwargs={"settings": Settings()}, name="headless-training")
+    thread.start()
+    thread.join()
     return mean_tokens_per_second(events)
 
 

@@ -69,7 +69,7 @@ async def test_gauges_two_fake_gpus_with_an_na_field() -> None:
         assert cool.query_one(".gpu-util").has_class("-low")
         assert cool.query_one(".gpu-power").has_class("-na")
         text = screen_text(app)
-        assert "GPU0 Fake H100" in text and "75.0/80.0 GB" in text and "650/700 W" in text
+        assert "GPU0 Fake H100" in text and "75.0/80.0G" in text and "650/700W" in text
         assert "N/A W" in text and "Host" in text
         assert not gauges.query_one("#gpu-unavailable").display
         assert gauges.free_accelerator_bytes == ("VRAM", 22 * 10**9)

@@ -30,7 +30,8 @@ from llamaforge_tui.core.system import (
     NvmlSampler,
 )
 
-NAME_WIDTH = 18
+NAME_WIDTH = 14
+BAR = 5  # cells per bar: a GPU row fits the monitor column of a 120-column terminal
 LEVEL_CLASSES = tuple(f"-{level.value}" for level in Level)
 
 
@@ -54,6 +55,10 @@ def _pct(value: float | None) -> str:
 
 def _gb(value: int | None) -> str:
     return "N/A" if value is None else f"{value / 1e9:.1f}"
+
+
+def _used_total(used: int | None, total: int | None) -> str:
+    return f"{_gb(used)}/{_gb(total)}G"
 
 
 class Gauge(Label):
@@ -85,19 +90,19 @@ class GpuRow(Horizontal):
     def show(self, sample: GpuSample) -> None:
         self.query_one(".gpu-name", Label).update(Text(f"GPU{sample.index} {sample.name.removeprefix('NVIDIA ')}"[:NAME_WIDTH]))
         self.query_one(".gpu-util", Gauge).set_value(
-            f"util {bar_text(sample.utilization_percent, 8)} {_pct(sample.utilization_percent)}",
+            f"util {bar_text(sample.utilization_percent, BAR)} {_pct(sample.utilization_percent)}",
             sample.utilization_level)
         self.query_one(".gpu-mem", Gauge).set_value(
-            f"VRAM {bar_text(sample.memory_percent, 8)} {_gb(sample.memory_used)}/{_gb(sample.memory_total)} GB",
+            f"mem {bar_text(sample.memory_percent, BAR)} {_used_total(sample.memory_used, sample.memory_total)}",
             sample.memory_level)
         temp = "N/A" if sample.temperature_c is None else f"{sample.temperature_c:.0f}°C"
         self.query_one(".gpu-temp", Gauge).set_value(temp, sample.temperature_level)
         if sample.power_w is None:
             power = "N/A W"
         elif sample.power_limit_w is None:
-            power = f"{sample.power_w:.0f} W"
+            power = f"{sample.power_w:.0f}W"
         else:
-            power = f"{sample.power_w:.0f}/{sample.power_limit_w:.0f} W"
+            power = f"{sample.power_w:.0f}/{sample.power_limit_w:.0f}W"
         self.query_one(".gpu-power", Gauge).set_value(power, sample.power_level)
 
 
@@ -110,9 +115,9 @@ class HostRow(Horizontal):
 
     def show(self, sample: HostSample) -> None:
         self.query_one(".host-cpu", Gauge).set_value(
-            f"CPU {bar_text(sample.cpu_percent, 8)} {_pct(sample.cpu_percent)}", sample.cpu_level)
+            f"CPU {bar_text(sample.cpu_percent, BAR)} {_pct(sample.cpu_percent)}", sample.cpu_level)
         self.query_one(".host-ram", Gauge).set_value(
-            f"RAM {bar_text(sample.ram_percent, 8)} {_gb(sample.ram_used)}/{_gb(sample.ram_total)} GB",
+            f"RAM {bar_text(sample.ram_percent, BAR)} {_used_total(sample.ram_used, sample.ram_total)}",
             sample.ram_level)
         self.query_one(".host-rss", Gauge).set_value(f"RSS {human_bytes(sample.process_rss)}", Level.LOW)
 
