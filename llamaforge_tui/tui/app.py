@@ -138,6 +138,10 @@ class LlamaForgeApp(App[int]):
         self.action_show_pane("cache")
         self.query_one("#cache-pane", CachePane).start_download(message.repo_id)
 
+    def on_cache_pane_download_finished(self, message: CachePane.DownloadFinished) -> None:
+        """A base model landed in the cache: the Models pane's "needs download" is now stale."""
+        self.query_one("#models-pane", ModelsPane).action_rescan()
+
 
 def make_app(settings: Settings, services: Services | None = None, *, monitor_run: str | Path | None = None) -> LlamaForgeApp:
     return LlamaForgeApp(settings, services, monitor_run=str(monitor_run) if monitor_run else None)

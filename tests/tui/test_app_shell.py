@@ -69,3 +69,19 @@ async def test_worker_errors_become_notifications() -> None:
             await pilot.pause(0.05)
         messages = [n.message for n in app._notifications]
         assert "Test job failed: disk on fire [not markup]" in messages
+
+
+async def test_finished_download_rescans_the_models_pane(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from llamaforge_tui.tui.widgets.cache_pane import CachePane
+    from llamaforge_tui.tui.widgets.models_pane import ModelsPane
+
+    rescans: list[str] = []
+    monkeypatch.setattr(ModelsPane, "action_rescan", lambda self: rescans.append("rescan"))
+    app = make_app(Settings())
+    async with app.run_test(size=(80, 24)) as pilot:
+        cache_pane = app.query_one("#cache-pane", CachePane)
+        cache_pane.post_message(CachePane.DownloadFinished("acme/tiny", Path("/tmp/snap")))
+        await pilot.pause()
+        assert rescans == ["rescan"]
