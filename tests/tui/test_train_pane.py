@@ -282,6 +282,10 @@ async def test_attach_follows_an_events_file_written_from_another_thread(tmp_pat
         await pilot.pause(0.4)
         assert pane.state.status == "running" and len(chart.train_points) == 15
         assert "step 15/30" in screen_text(app)
+        app.query_one("#train-start", Button).focus()
+        await pilot.press("s")  # the run belongs to another process: ask it to stop through the run folder
+        assert (run_dir / "stop").is_file()
+        (run_dir / "stop").unlink()
         release.set()
         await wait_for(pilot, lambda: pane.state.status == "finished", what="RunFinished")
         await pilot.pause(0.4)
@@ -320,3 +324,31 @@ def test_monitor_command_rejects_a_folder_that_is_not_a_run(tmp_path: Path, caps
     assert "not a run folder" in capsys.readouterr().err
     assert main(["monitor", str(tmp_path / "nope")]) == 1
     assert "no run at" in capsys.readouterr().err
+
+
+async def test_runs_list_attaches_the_chosen_run(tmp_path: Path) -> None:
+    settings = Settings(runs_dir=str(tmp_path / "runs"))
+    run_dir = tmp_path / "runs" / "20261127-101010-tiny"
+    TrainConfig(model="hf:tiny/model", data="d.jsonl").to_file(run_dir / "config.toml")
+    with EventLog(run_dir) as log:
+        log.append(RunStarted(run_id=run_dir.name, run_dir=str(run_dir), config={}, source={}, total_steps=3,
+                              trainable_params=1, total_params=2))
+        for step in (1, 2, 3):
+            log.append(StepLogged(step=step, total_steps=3, epoch=1.0, loss=2.0 / step, lr=1e-4, grad_norm=1.0,
+                                  tokens_per_second=10.0, elapsed_seconds=float(step), eta_seconds=0.0))
+        log.append(RunFinished(step=3, total_steps=3, stopped=True, final_loss=0.66, adapter_path=None,
+                               elapsed_seconds=3.0))
+    app = make_app(settings, Services(gpu_sampler=two_gpus))
+    async with app.run_test(size=SIZE) as pilot:
+        await show_train(app, pilot)
+        app.query_one("#train-side-tabs", TabbedContent).active = "train-runs-tab"
+        table = app.query_one("#runs-list")
+        await wait_for(pilot, lambda: table.row_count == 1, what="the run listed")
+        table.focus()
+        await pilot.press("enter")
+        pane = app.query_one(TrainPane)
+        await wait_for(pilot, lambda: pane.state.status == "stopped", what="the run attached")
+        assert pane.attached_dir == run_dir and [p[0] for p in pane.state.train_points] == [1, 2, 3]
+        await pilot.pause(0.4)
+        assert f"{run_dir.name}: stopped" in screen_text(app)
+        assert not app.query_one("#train-resume", Button).has_class("-unavailable")

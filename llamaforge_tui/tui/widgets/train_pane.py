@@ -313,8 +313,7 @@ class TrainPane(Vertical):
             if not self.state.ended:
                 self.state.status = "failed"
             text = str(error) if isinstance(error, LlamaForgeError) else f"{type(error).__name__}: {error}"
-            self.query_one(LogPanel).write_line(f"run failed: {text}")
-            self.notify(text, title="Training failed", severity="error", markup=False)
+            self.query_one(LogPanel).write_line(f"run failed: {text}")  # the app's handler notifies
         elif self.state.status in (RUNNING, STOPPING):  # ended without a terminal event
             self.state.status = "stopped"
         self._dirty = True
@@ -366,10 +365,15 @@ class TrainPane(Vertical):
             if isinstance(event, LogLine):
                 panel.write_event(event)
             elif isinstance(event, RunFinished):
-                panel.write_line(f"run {'stopped' if event.stopped else 'finished'} at step {event.step}"
-                                 + (f"; adapter: {event.adapter_path}" if event.adapter_path else ""))
+                line = (f"run {'stopped' if event.stopped else 'finished'} at step {event.step}"
+                        + (f"; adapter: {event.adapter_path}" if event.adapter_path else ""))
+                panel.write_line(line)
+                if message.origin == "local":  # the user may be on another tab
+                    self.notify(line, title="Training", markup=False)
             elif isinstance(event, RunFailed):
                 panel.write_line(f"run failed ({event.kind}): {event.reason}")
+                if message.origin == "local":
+                    self.notify(event.reason, title="Training failed", severity="error", markup=False)
         if stopping and not self.state.ended:
             self.state.status = STOPPING
         self._dirty = True
