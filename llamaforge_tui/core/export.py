@@ -88,6 +88,7 @@ class ExportResult:
             "verification": None if v is None else {
                 "top1_agreement": v.top1_agreement, "mean_kl": v.mean_kl, "max_kl": v.max_kl,
                 "positions": v.positions, "passed": v.passed, "gate": v.gate, "warnings": v.warnings,
+                "floor_kl": v.floor_kl,
                 "sample": None if v.sample is None else {"prompt": v.sample.prompt, "expected": v.sample.expected,
                                                          "generated": v.sample.generated}},
             "name": self.name, "create_command": self.create_command, "warnings": self.warnings,
@@ -305,7 +306,7 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
             result.verification = ref.verify(Path(run.source["gguf_path"]), _adapter_gate(run),
                                              lora_path=adapter_path, label="adapter")
         else:
-            result.verification = ref.verify(gguf_path, out_type, label=out_type)
+            result.verification = _verify_merged(run, ref, gguf_path, out_type, out_type, emit)
         result.warnings += result.verification.warnings
         if not result.verification.passed:
             raise VerificationFailed("verification failed: " + "; ".join(result.verification.warnings), result)
@@ -313,6 +314,36 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
         _register(result, spec, options, settings, emit)
     emit(ExportProgress("done", f"exported {result.gguf_path or result.adapter_path}"))
     return result
+
+
+def _verify_merged(run: RunInfo, ref: Any, path: Path, out_type: str, label: str,
+                   emit: Callable[[ExportProgress], None], *, sample: bool = True) -> Verification:
+    """Verify a merged file; a Q8_0 miss is re-judged against the base model's own Q8_0 noise (its floor)."""
+    result = ref.verify(path, out_type, label=label, sample=sample)
+    if result.passed or result.gate != "q8_0":
+        return result
+    emit(ExportProgress("verify", f"measuring the {out_type} quantization floor of the base model"))
+    tmpdir = Path(tempfile.mkdtemp(prefix=".lf-floor-", dir=path.parent))
+    try:
+        base = tmpdir / "base.gguf"
+        if run.gguf_based:
+            from llamaforge_tui.core.export_merge import plan_gguf_merge
+
+            with GgufFile(run.source["gguf_path"]) as src:
+                kvd, plans, _ = plan_gguf_merge(src, None, out_type)
+                write_gguf(base, kvd, plans)
+        else:
+            from llamaforge_tui.core.export_hf import plan_hf_export
+
+            kvd, plans, closer = plan_hf_export(Path(run.source["model_dir"]), run.source.get("architecture"), None,
+                                                out_type)
+            try:
+                write_gguf(base, kvd, plans)
+            finally:
+                closer()
+        return ref.apply_floor(result, base, out_type)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _adapter_gate(run: RunInfo) -> str:
@@ -366,7 +397,7 @@ def measure_choices(run_dir: Path | str, choices: list[str], settings: Any = Non
                 v = ref.verify(Path(run.source["gguf_path"]), _adapter_gate(run), lora_path=res.adapter_path,
                                label="adapter", sample=False)
             else:
-                v = ref.verify(res.gguf_path, choice, label=choice, sample=False)
+                v = _verify_merged(run, ref, res.gguf_path, choice, choice, emit, sample=False)
             v.label = f"{choice} ({res.size_bytes / 1e6:.0f} MB)"
             rows.append(v)
     finally:

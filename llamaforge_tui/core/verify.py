@@ -55,6 +55,7 @@ class Verification:
     warnings: list[str] = field(default_factory=list)
     sample: VerificationSample | None = None
     label: str = ""
+    floor_kl: float | None = None  # mean KL of the base model in the same type (see export_verify.apply_floor)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
