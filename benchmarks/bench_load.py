@@ -8,7 +8,8 @@
 2. Dequantization throughput per quant type on Gemma's own tensors: our torch kernels (CPU, CUDA when present)
    against ``gguf.quants.dequantize`` (numpy), in MB/s of fp32 output.
 
-Run: ``python benchmarks/bench_load.py [--repeat N] [--json] [--skip-transformers]``.
+Run: ``python benchmarks/bench_load.py [--repeat N] [--json] [--skip-transformers] [--skip-warm] [--dequant-only]``.
+Every timed child gets a fresh LLAMAFORGE_DATA_DIR (cold caches); the "cached" rows then reuse it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +41,7 @@ path = sys.argv[1]
 _OURS = _PRELUDE + """
 from llamaforge_tui.core.loading import load_model
 w0, c0 = time.perf_counter(), cpu()
-loaded = load_model(path, dtype="float32", device="cpu", check_memory=False)
+loaded = load_model(path, dtype="float32", device="cpu", check_memory=False, cache=sys.argv[2] == "cache")
 ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
 wall, cpu_s = time.perf_counter() - w0, cpu() - c0
 with torch.no_grad():
@@ -78,9 +81,10 @@ def gemma_path() -> Path:
     return target
 
 
-def run_child(code: str, path: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
-    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+def run_child(code: str, path: Path, data_dir: str, mode: str = "plain") -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1",
+               LLAMAFORGE_DATA_DIR=data_dir)
+    res = subprocess.run([sys.executable, "-c", code, str(path), mode], capture_output=True, text=True, env=env,
                          timeout=1800)
     if res.returncode != 0:
         raise SystemExit(f"child failed:\n{res.stderr[-3000:]}")
@@ -134,6 +138,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="subprocess runs per side (median reported)")
     parser.add_argument("--skip-transformers", action="store_true", help="time only our loader")
     parser.add_argument("--dequant-only", action="store_true", help="only the dequantization table")
+    parser.add_argument("--skip-warm", action="store_true", help="skip the warm-cache runs of our loader")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     path = gemma_path()
@@ -141,9 +146,21 @@ def main() -> None:
         args.repeat = 0
     code_by_side = {"ours": _OURS} if args.skip_transformers else {"ours": _OURS, "transformers": _TRANSFORMERS}
     results: dict[str, list[dict]] = {side: [] for side in code_by_side}
+    warm_dirs: list[str] = []
     for _ in range(args.repeat):
         for side, code in code_by_side.items():  # interleaved, so a load spike hits both sides alike
-            results[side].append(run_child(code, path))
+            fresh = tempfile.mkdtemp(prefix="lf-bench-")  # cold: no tokenizer or dequantized cache
+            results[side].append(run_child(code, path, fresh))
+            if side == "ours":
+                warm_dirs.append(fresh)
+    if args.repeat and not args.skip_warm:
+        # the same data dir again: SPM merges cached; then the dequantized-model cache filled and reused
+        results["ours, merges cached"] = [run_child(_OURS, path, d) for d in warm_dirs]
+        for d in warm_dirs:
+            run_child(_OURS, path, d, "cache")
+        results["ours, dequant cache hit"] = [run_child(_OURS, path, d, "cache") for d in warm_dirs]
+    for d in warm_dirs:
+        shutil.rmtree(d, ignore_errors=True)
     summary = {
         side: {key: statistics.median(r[key] for r in runs) for key in ("wall", "cpu", "peak_rss")}
         | {"top": runs[0]["top"], "ids": runs[0]["ids"]}
@@ -166,9 +183,9 @@ def main() -> None:
         return
     if summary:
         print(f"Loading {path.name} (model + tokenizer, fp32, CPU), median of {args.repeat}:")
-        print(f"{'':14}{'wall s':>10}{'CPU s':>10}{'peak RSS MiB':>14}")
+        print(f"{'':26}{'wall s':>10}{'CPU s':>10}{'peak RSS MiB':>14}")
     for side, s in summary.items():
-        print(f"{side:14}{s['wall']:>10.2f}{s['cpu']:>10.2f}{s['peak_rss'] / 2**20:>14.0f}")
+        print(f"{side:26}{s['wall']:>10.2f}{s['cpu']:>10.2f}{s['peak_rss'] / 2**20:>14.0f}")
     if "ratio_wall" in out:
         print(f"ours / transformers: wall {out['ratio_wall']:.3f}, CPU {out['ratio_cpu']:.3f} "
               f"(target <= 0.2); same tokens: {out['same_tokens']}, same top-1: {out['same_top1']}")
