@@ -17,12 +17,15 @@ if TYPE_CHECKING:
     import torch
 
 IGNORE_INDEX = -100
-# Rows per chunk are chosen so that one chunk of fp32 logits stays near this size.
+# Rows per chunk are chosen so that one chunk of fp32 logits stays near this size. GPUs get bigger chunks:
+# they have the memory, and many small chunks leave them launch-bound.
 CHUNK_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES_GPU = 512 * 1024 * 1024
 
 
-def _rows_per_chunk(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    return max(16, chunk_bytes // (4 * max(vocab, 1)))
+def _rows_per_chunk(vocab: int, device_type: str = "cpu") -> int:
+    budget = CHUNK_BYTES if device_type == "cpu" else CHUNK_BYTES_GPU
+    return max(16, budget // (4 * max(vocab, 1)))
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, Any]:
@@ -87,7 +90,7 @@ def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
 
     if hidden.shape[0] == 0:
         return hidden.sum().float() * 0.0
-    chunk = chunk or _rows_per_chunk(weight.shape[0])
+    chunk = chunk or _rows_per_chunk(weight.shape[0], hidden.device.type)
     compute = hidden.dtype
     if torch.is_autocast_enabled(hidden.device.type):
         compute = torch.get_autocast_dtype(hidden.device.type)

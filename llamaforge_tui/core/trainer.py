@@ -107,6 +107,7 @@ class TrainingRecipe:
         self.total_steps = 0
         self.last_loss: float | None = None
         self.last_saved_step = -1
+        self.last_eval_step = -1
         self.started = time.time()
 
     # -- events ---------------------------------------------------------------------------------------
@@ -137,6 +138,11 @@ class TrainingRecipe:
         self.say(f"preparing {cfg.data}")
         data = setup_mod.prepare_data(cfg, bundle)
         self.data_stats = data.stats
+        for warning in data.stats.get("warnings", []):
+            self.say(str(warning), "warning")
+        if data.stats.get("invalid_records"):
+            self.say(f"skipped {data.stats['invalid_records']} invalid record(s); 'llamaforge data {cfg.data}' "
+                     "lists them", "warning")
         self.pad_id = bundle.tokenizer.pad_token_id or 0
         self.tokenizer = bundle.tokenizer
         segments = to_segments(data.train, cfg.max_seq_len)
@@ -336,7 +342,7 @@ class TrainingRecipe:
         return self._finish(stopped, time.perf_counter() - session_start)
 
     def _finish(self, stopped: bool, elapsed: float) -> RunResult:
-        if self.eval_batches and not stopped:
+        if self.eval_batches and not stopped and self.last_eval_step != self.step:
             self.evaluate()
         if self.step > 0 and self.last_saved_step != self.step:
             self.save_checkpoint()
@@ -370,6 +376,7 @@ class TrainingRecipe:
         self.model.train()
         total, count = dist.all_reduce_sum([total, count], self.device, self.dist)
         eval_loss = total / max(count, 1)
+        self.last_eval_step = self.step
         self.emit(EvalLogged(step=self.step, eval_loss=eval_loss, eval_tokens=int(count)))
         return eval_loss
 

@@ -13,7 +13,8 @@ torch = pytest.importorskip("torch")
 
 from llamaforge_tui.core import checkpoint as ckpt  # noqa: E402
 from llamaforge_tui.core import runs, trainer  # noqa: E402
-from llamaforge_tui.core.events import CheckpointSaved, Event, RunFailed, RunFinished, StepLogged  # noqa: E402
+from llamaforge_tui.core.events import (CheckpointSaved, EvalLogged, Event, RunFailed, RunFinished,  # noqa: E402
+                                        RunStarted, StepLogged)
 from llamaforge_tui.core.settings import Settings  # noqa: E402
 from llamaforge_tui.core.train_config import TrainConfig  # noqa: E402
 from tests.fixtures.train_models import QA, make_tiny_llama, one_thread, write_qa_jsonl  # noqa: E402, F401
@@ -163,3 +164,15 @@ def test_default_targets_are_every_block_projection(tiny) -> None:  # noqa: ANN0
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny[0]))
     assert default_target_modules(model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def test_gradient_checkpointing_and_eval_split(tiny, tmp_path: Path) -> None:  # noqa: ANN001
+    common = {"data": str(tiny[2]), "max_steps": 4, "eval_split": 0.25, "eval_every": 2, "learning_rate": 3e-3}
+    _, plain = _train(_config(tiny, tmp_path / "plain", **common))
+    _, checkpointed = _train(_config(tiny, tmp_path / "gc", gradient_checkpointing=True, **common))
+    a, b = _losses(plain), _losses(checkpointed)
+    assert all(b[s] == pytest.approx(a[s], rel=1e-5) for s in a)
+    evals = [e for e in checkpointed if isinstance(e, EvalLogged)]
+    assert [e.step for e in evals] == [2, 4] and all(e.eval_tokens > 0 for e in evals)
+    started = next(e for e in checkpointed if isinstance(e, RunStarted))
+    assert (started.dataset["train_examples"], started.dataset["eval_examples"]) == (6, 2)
