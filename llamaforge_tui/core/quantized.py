@@ -115,11 +115,14 @@ def _make_head_cross_entropy() -> type:
         return logits, None
 
     class QuantHeadCrossEntropy(torch.autograd.Function):
-        """Summed CE of ``hidden @ W.T`` for a quantized head, walking the *vocabulary* in chunks.
+        """Summed CE of ``hidden @ W.T`` for a quantized head, walking the *vocabulary* in chunks, in one pass.
 
-        Each chunk of head rows is dequantized once per pass (an online log-sum-exp pass, then a gradient pass),
-        instead of once per chunk of tokens; no (tokens x vocab) logits tensor ever exists. Like the trainer's
-        dense ``HeadCrossEntropy``, the gradient wrt ``hidden`` is computed in forward (the head is frozen).
+        Each chunk of head rows is dequantized once per call (not once per chunk of tokens), and no
+        (tokens x vocab) logits tensor ever exists. The softmax is accumulated online, flash-attention style:
+        a running max ``m`` and sum ``s`` per row, and ``acc = sum_j exp(z_j - m) W_j`` rescaled whenever ``m``
+        grows, so ``grad_h = acc / s - W_target`` (times the soft-cap's derivative) needs no second pass and
+        no more matmuls than the dense loss. Like the trainer's dense ``HeadCrossEntropy``, the gradient wrt
+        ``hidden`` is computed in forward (the head is frozen).
         """
 
         @staticmethod
@@ -127,35 +130,33 @@ def _make_head_cross_entropy() -> type:
                     softcap: float | None, chunk_elements: int) -> torch.Tensor:
             n, width = hidden.shape
             vocab = qweight.shape[0]
+            need_grad = ctx.needs_input_grad[0]
             step = max(1, min(vocab, HEAD_CHUNK_BYTES // (4 * max(n, 1)), chunk_elements // max(width, 1)))
             run_max = torch.full((n,), float("-inf"), device=hidden.device)
             run_sum = torch.zeros(n, device=hidden.device)
             target_logit = torch.zeros(n, device=hidden.device)
+            acc = torch.zeros(n, width, device=hidden.device) if need_grad else None
             rows = torch.arange(n, device=hidden.device)
             for start in range(0, vocab, step):
                 w = quants.dequantize_rows(qweight[start : start + step], qtype, width, hidden.dtype)
-                logits, _ = chunk_logits(hidden, w, softcap)
+                logits, tanh = chunk_logits(hidden, w, softcap)
                 new_max = torch.maximum(run_max, logits.max(dim=1).values)
-                run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(dim=1)
+                rescale = torch.exp(run_max - new_max)  # 0 on the first chunk (run_max = -inf)
+                weights = torch.exp(logits - new_max[:, None])
+                run_sum = run_sum * rescale + weights.sum(dim=1)
                 run_max = new_max
                 inside = (targets >= start) & (targets < start + w.shape[0])
                 local = (targets - start).clamp(0, w.shape[0] - 1)
                 target_logit = torch.where(inside, logits[rows, local], target_logit)
-            lse = run_max + torch.log(run_sum)
-            total = (lse - target_logit).sum()
-            if ctx.needs_input_grad[0]:
-                grad = torch.zeros(n, width, dtype=torch.float32, device=hidden.device)
-                for start in range(0, vocab, step):
-                    w = quants.dequantize_rows(qweight[start : start + step], qtype, width, hidden.dtype)
-                    logits, tanh = chunk_logits(hidden, w, softcap)
-                    probs = torch.exp(logits.sub_(lse[:, None]))
-                    # minus one at each row's target when it falls in this chunk (a scatter: no host sync)
-                    inside = (targets >= start) & (targets < start + w.shape[0])
-                    local = (targets - start).clamp(0, w.shape[0] - 1)
-                    probs.scatter_add_(1, local[:, None], -inside.to(probs.dtype)[:, None])
+                if acc is not None:
                     if tanh is not None:
-                        probs.mul_(1.0 - tanh * tanh)
-                    grad += (probs.to(w.dtype) @ w).float()
+                        weights.mul_(1.0 - tanh * tanh)
+                    acc.mul_(rescale[:, None]).add_((weights.to(w.dtype) @ w).float())
+            total = (run_max + torch.log(run_sum) - target_logit).sum()
+            if acc is not None:
+                w_target = quants.dequantize_rows(qweight[targets], qtype, width, torch.float32)
+                slope = torch.ones_like(target_logit) if not softcap else 1.0 - (target_logit / softcap) ** 2
+                grad = acc.div_(run_sum[:, None]).sub_(w_target * slope[:, None])
                 ctx.save_for_backward(grad.to(hidden.dtype))
             return total
 
