@@ -12,6 +12,7 @@ standard LoRA layers wrap them unchanged and the saved adapter is an ordinary pe
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from gguf import GGMLQuantizationType
@@ -40,10 +41,12 @@ def quant_matmul(
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """``x @ W.T`` for a quantized ``W`` (out, in), without a weight gradient; differentiable in ``x``."""
-    return _QuantMatmul.apply(x, qweight, qtype, in_features, chunk_elements)
+    return _quant_matmul_fn().apply(x, qweight, qtype, in_features, chunk_elements)
 
 
-def _make_quant_matmul() -> type:
+@functools.cache
+def _quant_matmul_fn() -> Any:
+    """The autograd.Function classes are built on first use (and once), so importing this module stays torch-free."""
     import torch
 
     class QuantMatmulFunction(torch.autograd.Function):
@@ -86,25 +89,14 @@ def _make_quant_matmul() -> type:
     return QuantMatmulFunction
 
 
-class _LazyFunction:
-    """Build the autograd.Function class on first use, so importing this module does not import torch."""
-
-    _cls: Any = None
-
-    def apply(self, *args: Any) -> Any:
-        if _LazyFunction._cls is None:
-            _LazyFunction._cls = _make_quant_matmul()
-        return _LazyFunction._cls.apply(*args)
-
-
-_QuantMatmul = _LazyFunction()
 
 
 # One chunk of fp32 logits in the quantized head loss stays near this size.
 HEAD_CHUNK_BYTES = 64 * 1024 * 1024
 
 
-def _make_head_cross_entropy() -> type:
+@functools.cache
+def _head_cross_entropy_fn() -> Any:
     import torch
 
     def chunk_logits(h: torch.Tensor, w: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, Any]:
@@ -168,9 +160,6 @@ def _make_head_cross_entropy() -> type:
     return QuantHeadCrossEntropy
 
 
-_HEAD_CE: list[Any] = []
-
-
 def quant_head_cross_entropy(
     hidden: torch.Tensor,
     qweight: torch.Tensor,
@@ -192,17 +181,13 @@ def quant_head_cross_entropy(
     compute = hidden.dtype
     if torch.is_autocast_enabled(hidden.device.type):
         compute = torch.get_autocast_dtype(hidden.device.type)
-    if not _HEAD_CE:
-        _HEAD_CE.append(_make_head_cross_entropy())
     with torch.autocast(hidden.device.type, enabled=False):
-        return _HEAD_CE[0].apply(hidden.to(compute), qweight, qtype, targets, softcap, chunk_elements)
+        return _head_cross_entropy_fn().apply(hidden.to(compute), qweight, qtype, targets, softcap, chunk_elements)
 
 
+@functools.cache
 def _module_classes() -> tuple[type, type]:
     """Define the nn.Module subclasses lazily (torch is imported only inside functions in core/)."""
-    global _CLASSES
-    if _CLASSES is not None:
-        return _CLASSES
     import torch
     from torch import nn
 
@@ -236,7 +221,7 @@ def _module_classes() -> tuple[type, type]:
                 self.register_parameter("bias", None)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = _QuantMatmul.apply(x, self.qweight, self.qtype, self.in_features, self.chunk_elements)
+            y = _quant_matmul_fn().apply(x, self.qweight, self.qtype, self.in_features, self.chunk_elements)
             return y if self.bias is None else y + self.bias.to(y.dtype)
 
         def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -308,11 +293,7 @@ def _module_classes() -> tuple[type, type]:
 
     for cls in (QuantLinear, QuantEmbedding):
         cls.__qualname__ = cls.__name__
-    _CLASSES = (QuantLinear, QuantEmbedding)
-    return _CLASSES
-
-
-_CLASSES: tuple[type, type] | None = None
+    return QuantLinear, QuantEmbedding
 
 
 def __getattr__(name: str) -> Any:
