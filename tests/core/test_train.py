@@ -176,3 +176,27 @@ def test_gradient_checkpointing_and_eval_split(tiny, tmp_path: Path) -> None:  #
     assert [e.step for e in evals] == [2, 4] and all(e.eval_tokens > 0 for e in evals)
     started = next(e for e in checkpointed if isinstance(e, RunStarted))
     assert (started.dataset["train_examples"], started.dataset["eval_examples"]) == (6, 2)
+
+
+def test_a_second_ctrl_c_aborts_and_is_recorded(tiny, tmp_path: Path) -> None:  # noqa: ANN001
+    import signal
+
+    from llamaforge_tui.commands.train import _Interrupts
+
+    stop = threading.Event()
+    events: list[Event] = []
+    with _Interrupts(stop, quiet=True) as handler:
+
+        def emit(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, StepLogged) and event.step == 2:
+                handler._handle(signal.SIGINT, None)  # first press: stop after this step
+                assert stop.is_set()
+                handler._handle(signal.SIGINT, None)  # second press before the step is over: abort
+
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run(_config(tiny, tmp_path / "run", max_steps=50), emit, stop,
+                        settings=Settings(runs_dir=str(tmp_path)))
+    assert isinstance(events[-1], RunFailed) and events[-1].kind == "aborted" and "step 2" in events[-1].reason
+    assert runs.summarize_run(tmp_path / "run").status == "failed"
+    assert not runs.is_locked(tmp_path / "run")
