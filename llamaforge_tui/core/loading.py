@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LoadedModel", "TokenizerBundle", "load_model", "load_tokenizer", "pick_device", "pick_dtype", "dtype_name",
-    "parameter_count", "Progress", "build_skeleton", "check_gguf_loadable", "gguf_weights_bytes",
+    "parameter_count", "hf_weights_bytes", "Progress", "build_skeleton", "check_gguf_loadable", "gguf_weights_bytes",
     "load_gguf_weights", "load_threads", "model_from_gguf", "params_on_meta",
 ]
 
@@ -178,6 +178,36 @@ def _hf_arch(model_dir: Path) -> str | None:
     return spec.name if spec else model_type
 
 
+def hf_weights_bytes(model_dir: Path, dtype: torch.dtype) -> int | None:
+    """Bytes an HF folder's weights will take in ``dtype``, from the safetensors headers (no data read)."""
+    import json
+    import struct
+
+    import torch
+
+    sizes = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+    target = torch.empty(0, dtype=dtype).element_size()
+    total = 0
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    try:
+        for f in files:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                count = 1
+                for d in info["shape"]:
+                    count *= d
+                total += count * (target if info["dtype"] in ("F32", "F16", "BF16", "F64") else sizes.get(info["dtype"], 4))
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return total
+
+
 def _model_from_hf(model_dir: Path, dtype: torch.dtype, device: torch.device) -> Any:
     from transformers import AutoModelForCausalLM
 
@@ -260,6 +290,12 @@ def load_model(source: str | SourceSpec, settings: Settings | None = None, *, we
             file_type = file_type_name(gguf.get("general.file_type"))
     else:
         assert resolved.model_dir is not None
+        if check_memory:
+            needed = hf_weights_bytes(resolved.model_dir, dt)
+            if needed is not None:
+                from llamaforge_tui.core.memory import check_model_fits
+
+                check_model_fits(needed, dev)
         tokenizer = load_tokenizer(resolved, settings, "hf")
         model = _model_from_hf(resolved.model_dir, dt, dev)
     description = SourceDescription(

@@ -99,3 +99,19 @@ def test_load_model_refuses_when_memory_is_short(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(memory, "free_memory", lambda device="cpu": 1024)
     with pytest.raises(OutOfMemoryRisk, match="only 1.0 KiB is free"):
         load_model(str(session_factory().gguf("llama", "Q8_0")), Settings(), dtype="float32", device="cpu")
+
+
+def test_hf_weights_are_estimated_from_safetensors_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llamaforge_tui.core.memory as memory
+    from llamaforge_tui.core.loading import hf_weights_bytes
+
+    hf_dir = session_factory().hf_dir("llama")
+    loaded = load_model(str(hf_dir), Settings(), dtype="bfloat16", device="cpu")
+    real = sum(p.numel() * p.element_size() for p in {id(p): p for p in loaded.model.parameters()}.values())
+    import torch
+
+    assert hf_weights_bytes(hf_dir, torch.bfloat16) == real
+    assert hf_weights_bytes(hf_dir, torch.float32) == 2 * real
+    monkeypatch.setattr(memory, "free_memory", lambda device="cpu": 4096)
+    with pytest.raises(OutOfMemoryRisk, match="only 4.0 KiB is free"):
+        load_model(str(hf_dir), Settings(), dtype="float32", device="cpu")
