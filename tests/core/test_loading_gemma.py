@@ -18,7 +18,32 @@ from llamaforge_tui.core.settings import Settings
 
 pytestmark = pytest.mark.slow
 
-PARAGRAPH = 'The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined movable metal type, oil-based inks and a wooden press adapted from wine making. Within fifty years, printing shops had spread to more than two hundred cities across Europe, and the price of books fell sharply. Scholars argue about how much this changed literacy, but few doubt that it made the rapid exchange of scientific ideas possible.\n\nWe hold these truths to be self-evident, that all men are created equal, that they are endowed by their Creator with certain unalienable Rights, that among these are Life, Liberty and the pursuit of Happiness.\n\ndef fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\nMonday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday. January, February, March, April, May, June, July, August, September, October, November, December.\n\nPhotosynthesis is the process by which green plants, algae and some bacteria convert light energy into chemical energy. During photosynthesis, light energy is captured and used to convert water, carbon dioxide and minerals into oxygen and energy-rich organic compounds. The process takes place mainly in the leaves, inside small structures called chloroplasts, which contain the green pigment chlorophyll.'
+PARAGRAPH = (
+    'The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined '
+    'movable metal type, oil-based inks and a wooden press adapted from wine making. Within fifty years, '
+    'printing shops had spread to more than two hundred cities across Europe, and the price of books fell'
+    ' sharply. Scholars argue about how much this changed literacy, but few doubt that it made the rapid '
+    'exchange of scientific ideas possible.\n'
+    '\n'
+    'We hold these truths to be self-evident, that all men are created equal, that they are endowed by '
+    'their Creator with certain unalienable Rights, that among these are Life, Liberty and the pursuit of'
+    ' Happiness.\n'
+    '\n'
+    'def fibonacci(n):\n'
+    '    a, b = 0, 1\n'
+    '    for _ in range(n):\n'
+    '        a, b = b, a + b\n'
+    '    return a\n'
+    '\n'
+    'Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday. January, February, March, April, '
+    'May, June, July, August, September, October, November, December.\n'
+    '\n'
+    'Photosynthesis is the process by which green plants, algae and some bacteria convert light energy '
+    'into chemical energy. During photosynthesis, light energy is captured and used to convert water, '
+    'carbon dioxide and minerals into oxygen and energy-rich organic compounds. The process takes place '
+    'mainly in the leaves, inside small structures called chloroplasts, which contain the green pigment '
+    'chlorophyll.'
+)
 
 
 @pytest.fixture(scope="module")
