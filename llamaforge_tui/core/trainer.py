@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core import checkpoint as ckpt
 from llamaforge_tui.core import distributed as dist
+from llamaforge_tui.core import train_failures as failures
 from llamaforge_tui.core import runs
 from llamaforge_tui.core import train_setup as setup_mod
 from llamaforge_tui.core.batching import BatchStream, plan_epoch, to_segments
@@ -31,6 +32,7 @@ from llamaforge_tui.core.events import (CheckpointSaved, EvalLogged, Event, Even
                                         RunFinished, RunStarted, StepLogged)
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.core.train_config import TrainConfig
+from llamaforge_tui.core.train_failures import TrainingFailed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,23 +54,6 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status != "failed"
-
-
-class TrainingFailed(Exception):
-    """Ends the loop with a RunFailed event (OOM, NaN): carries the event's kind and reason."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind, self.reason = kind, reason
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def _seed_for(seed: int, position: int) -> int:
@@ -261,14 +246,16 @@ class TrainingRecipe:
             local_sum += float(loss_sum.detach())
         loss = dist.all_reduce_sum([local_sum], self.device, self.dist)[0] / step_targets
         if not math.isfinite(loss):
-            raise TrainingFailed("nan", self._nan_reason(loss, "loss"))
+            raise TrainingFailed("nan", failures.nan_reason(loss, "loss", self.step + 1, cfg, self.precision.param_dtype,
+                                                            self.run_dir))
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if not math.isfinite(grad_norm) and self.scaler is None:
-            raise TrainingFailed("nan", self._nan_reason(grad_norm, "gradient norm"))
+            raise TrainingFailed("nan", failures.nan_reason(grad_norm, "gradient norm", self.step + 1, cfg,
+                                                            self.precision.param_dtype, self.run_dir))
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -277,28 +264,6 @@ class TrainingRecipe:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, grad_norm, step_tokens
-
-    def _nan_reason(self, value: float, what: str) -> str:
-        cfg = self.config
-        return (f"the {what} became {value} at step {self.step + 1}; the weights of that step were not applied. "
-                f"Lower learning_rate (now {cfg.learning_rate:g}), keep max_grad_norm on (now {cfg.max_grad_norm:g}), "
-                f"or try dtype float32 (now {self.precision.param_dtype}); {self._checkpoint_hint()}")
-
-    def _oom_reason(self, exc: BaseException) -> str:
-        cfg = self.config
-        where = "GPU" if self.device.type == "cuda" else "host"
-        tips = [f"lower batch_size (now {cfg.batch_size}) and raise grad_accum to keep the global batch",
-                f"lower max_seq_len (now {cfg.max_seq_len})"]
-        if not cfg.gradient_checkpointing:
-            tips.append("turn on gradient_checkpointing")
-        return (f"out of {where} memory at step {self.step + 1} ({type(exc).__name__}): "
-                f"{'; '.join(tips)}; {self._checkpoint_hint()}")
-
-    def _checkpoint_hint(self) -> str:
-        latest = ckpt.latest_checkpoint(self.run_dir) if self.run_dir else None
-        if latest is None:
-            return "no checkpoint was saved yet"
-        return f"the last good checkpoint is {latest.name}, resume with 'llamaforge train --resume {self.run_dir}'"
 
     def train(self) -> RunResult:
         cfg = self.config
@@ -316,9 +281,10 @@ class TrainingRecipe:
             try:
                 loss, grad_norm, tokens = self._train_step()
             except Exception as exc:
-                if _is_oom(exc):
+                if failures.is_oom(exc):
                     self.optimizer.zero_grad(set_to_none=True)
-                    raise TrainingFailed("oom", self._oom_reason(exc)) from exc
+                    raise TrainingFailed("oom", failures.oom_reason(exc, self.step + 1, self.config, self.device.type,
+                                                                    self.run_dir)) from exc
                 raise
             self.step += 1
             session_steps += 1
@@ -425,7 +391,7 @@ def run(config: TrainConfig, emit: Callable[[Event], None], stop_event: threadin
         return RunResult(recipe.run_dir, "failed", recipe.step, recipe.total_steps, recipe.last_loss,
                          reason=str(exc), kind=kind)
     except KeyboardInterrupt:
-        _record_failure(recipe, "aborted", f"aborted at step {recipe.step}; {recipe._checkpoint_hint()}")
+        _record_failure(recipe, "aborted", f"aborted at step {recipe.step}; {failures.checkpoint_hint(recipe.run_dir)}")
         raise
     except Exception as exc:
         _record_failure(recipe, "error", f"internal error: {type(exc).__name__}: {exc}")
