@@ -187,6 +187,8 @@ def load_gguf_weights(model: Any, gguf: GgufFile, spec: archmod.ArchSpec, config
             done += info.nbytes
             if progress is not None:
                 progress(done, total)
+    if progress is not None:
+        progress(total, total)
     _finish(model, gguf, config, device)
 
 

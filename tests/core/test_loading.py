@@ -259,3 +259,21 @@ def test_meta_skeleton_does_not_leak_into_other_threads() -> None:
     worker.join()
     assert mine.weight.device.type == "meta" and seen == ["cpu"]
     assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # restored afterwards
+
+
+def test_progress_and_cancel(factory) -> None:  # noqa: ANN001
+    import threading
+
+    path = factory.gguf("llama", "Q4_K_M")
+    seen: list[tuple[int, int]] = []
+    load_model(str(path), Settings(), dtype="float32", device="cpu", progress=lambda d, t: seen.append((d, t)))
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and seen[-1][0] == seen[-1][1] > 0 and len(seen) > 5
+    stop = threading.Event()
+
+    def stop_midway(d: int, t: int) -> None:
+        if d > t // 3:
+            stop.set()
+
+    with pytest.raises(LlamaForgeError, match="loading cancelled"):
+        load_model(str(path), Settings(), dtype="float32", device="cpu", progress=stop_midway, stop_event=stop)
