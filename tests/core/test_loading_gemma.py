@@ -85,27 +85,9 @@ def _llama_cpp_logits(path: Path, ids: list[int]) -> torch.Tensor:
     return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
 
 
-def test_matches_llama_cpp_on_the_quantized_file(gemma: Path, loaded: LoadedModel) -> None:
-    """Same Q4_K_M file, same tokens, 280 positions. llama.cpp multiplies quantized weights with activations it
-    also quantizes (Q8), we use the exactly dequantized weights in fp32: the distributions agree (mean KL ~0.005)
-    and top-1 differs only where llama.cpp itself sees a near tie (measured: 274/280 = 97.9 %, every miss with a
-    top-2 probability gap under 0.08; the test below shows the loader itself is exact)."""
-    ids = loaded.tokenizer(PARAGRAPH).input_ids
-    assert len(ids) >= 256
-    theirs = _llama_cpp_logits(gemma, ids)
-    with torch.no_grad():
-        ours = loaded.model(torch.tensor([ids])).logits[0].float()
-    top1, kl, misses = _compare(ours, theirs)
-    assert kl.mean().item() <= 0.02, kl.mean().item()
-    assert top1 >= 0.97, top1
-    probs = torch.softmax(theirs, -1)
-    for i in misses.tolist():  # every disagreement is a near tie in llama.cpp's own distribution
-        assert probs[i].max() - probs[i, ours[i].argmax()] < 0.1, i
-
-
-def test_exact_weights_round_trip_through_llama_cpp(gemma: Path, loaded: LoadedModel, tmp_path: Path) -> None:
-    """Write our loaded weights back as an F32 GGUF (arch.py's inverse transforms, the source's metadata) and run
-    llama.cpp on it: no quantized arithmetic left on either side, so llama.cpp must reproduce our logits."""
+@pytest.fixture(scope="module")
+def f32_copy(gemma: Path, loaded: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our loaded weights written back as an F32 GGUF (arch.py's inverse transforms, the source's metadata)."""
     from gguf import GGMLQuantizationType as Q
 
     from llamaforge_tui.core import arch
@@ -113,9 +95,8 @@ def test_exact_weights_round_trip_through_llama_cpp(gemma: Path, loaded: LoadedM
     from llamaforge_tui.core.gguf_writer import TensorPlan, kv, kv_from_gguf, write_gguf
 
     config = loaded.model.config
-    state = loaded.model.state_dict()
     plans = []
-    for hf_name, value in state.items():
+    for hf_name, value in loaded.model.state_dict().items():
         name, tensor = arch.hf_tensor_to_gguf("gemma3", hf_name, value.float(), config)
         if name is None:
             continue
@@ -125,15 +106,36 @@ def test_exact_weights_round_trip_through_llama_cpp(gemma: Path, loaded: LoadedM
         meta = kv_from_gguf(src, skip=("general.file_type",))
         assert {p.name for p in plans} == {t.name for t in src.tensors}
     meta["general.file_type"] = kv(0)
-    out = tmp_path / "gemma-f32.gguf"
+    out = tmp_path_factory.mktemp("gemma-f32") / "gemma-f32.gguf"
     write_gguf(out, meta, plans)
-    ids = loaded.tokenizer(PARAGRAPH).input_ids[:96]
-    theirs = _llama_cpp_logits(out, ids)
+    return out
+
+
+def test_matches_llama_cpp(gemma: Path, loaded: LoadedModel, f32_copy: Path) -> None:
+    """Same tokens (279 positions) through llama.cpp, on the Q4_K_M file and on our weights written back as F32.
+
+    - llama.cpp on our exact weights reproduces our logits: the loader (names, transforms, config) is exact.
+    - On the Q4_K_M file llama.cpp also quantizes the activations (Q8) in its matrix products, so it differs from
+      the exactly dequantized model by a little noise: mean KL ~0.005, top-1 97.8 %, every miss a near tie.
+      llama.cpp's own F32 run of the same weights is exactly as far from its Q4_K_M run (measured: identical
+      top-1 and KL), so that gap is llama.cpp's arithmetic, not the loading."""
+    ids = loaded.tokenizer(PARAGRAPH).input_ids
+    assert len(ids) >= 256
     with torch.no_grad():
         ours = loaded.model(torch.tensor([ids])).logits[0].float()
-    top1, kl, _ = _compare(ours, theirs)
-    assert top1 == 1.0
-    assert kl.mean().item() < 1e-4, kl.mean().item()
+    exact = _llama_cpp_logits(f32_copy, ids)
+    top1, kl, _ = _compare(ours, exact)
+    assert top1 == 1.0 and kl.mean().item() < 1e-4, (top1, kl.mean().item())
+
+    quantized = _llama_cpp_logits(gemma, ids)
+    top1, kl, misses = _compare(ours, quantized)
+    assert kl.mean().item() <= 0.02, kl.mean().item()
+    assert top1 >= 0.97, top1
+    own_top1, own_kl, _ = _compare(exact, quantized)  # llama.cpp F32 vs llama.cpp Q4_K_M
+    assert top1 >= own_top1 - 1 / len(ids) and kl.mean().item() <= own_kl.mean().item() * 1.05 + 1e-4
+    probs = torch.softmax(quantized, -1)
+    for i in misses.tolist():  # every disagreement is a near tie in llama.cpp's own distribution
+        assert probs[i].max() - probs[i, ours[i].argmax()] < 0.1, i
 
 
 _RSS_SCRIPT = textwrap.dedent(
