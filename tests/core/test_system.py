@@ -6,7 +6,6 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-import pytest
 
 from llamaforge_tui.core import system
 from llamaforge_tui.core.system import GpuSample, GpuUnavailable, HostSampler, Level, NvmlSampler, level_for

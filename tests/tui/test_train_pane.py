@@ -12,8 +12,9 @@ import pytest
 from textual.widgets import Button, Static, TabbedContent
 
 from llamaforge_tui.core.events import EventLog, EvalLogged, LogLine, RunFinished, RunStarted, StepLogged
+from llamaforge_tui.core.runs import RunLock
 from llamaforge_tui.core.settings import Settings
-from llamaforge_tui.core.system import GpuSample, GpuUnavailable, HostSample, NvmlSampler
+from llamaforge_tui.core.system import GpuSample, GpuUnavailable, NvmlSampler
 from llamaforge_tui.core.train_config import TrainConfig
 from llamaforge_tui.tui.app import Services, make_app
 from llamaforge_tui.tui.screens.confirm_quit import ConfirmQuit
@@ -256,7 +257,7 @@ async def test_attach_follows_an_events_file_written_from_another_thread(tmp_pat
     release = threading.Event()
 
     def writer() -> None:
-        with EventLog(run_dir) as log:
+        with RunLock(run_dir), EventLog(run_dir) as log:  # as the trainer: the lock says "a process trains it"
             log.append(RunStarted(run_id="live-run", run_dir=str(run_dir), config={}, source={}, total_steps=30,
                                   trainable_params=1, total_params=2))
             for step in range(1, 31):
@@ -279,7 +280,7 @@ async def test_attach_follows_an_events_file_written_from_another_thread(tmp_pat
         chart = app.query_one(LossChart)
         assert app.query_one("#panes", TabbedContent).active == "train"
         await wait_for(pilot, lambda: pane.state.step == 15, what="the first half")
-        await pilot.pause(0.4)
+        await wait_for(pilot, lambda: len(chart.train_points) == 15, what="the chart redrawn")
         assert pane.state.status == "running" and len(chart.train_points) == 15
         assert "step 15/30" in screen_text(app)
         app.query_one("#train-start", Button).focus()
@@ -288,7 +289,7 @@ async def test_attach_follows_an_events_file_written_from_another_thread(tmp_pat
         (run_dir / "stop").unlink()
         release.set()
         await wait_for(pilot, lambda: pane.state.status == "finished", what="RunFinished")
-        await pilot.pause(0.4)
+        await wait_for(pilot, lambda: len(chart.train_points) == 30, what="the chart redrawn")
         assert [p[0] for p in chart.train_points] == list(range(1, 31))
         assert [p[0] for p in chart.eval_points] == [10, 20, 30]
         text = screen_text(app)
@@ -345,10 +346,27 @@ async def test_runs_list_attaches_the_chosen_run(tmp_path: Path) -> None:
         table = app.query_one("#runs-list")
         await wait_for(pilot, lambda: table.row_count == 1, what="the run listed")
         table.focus()
+        await wait_for(pilot, lambda: table.has_focus, what="the runs table focused")
         await pilot.press("enter")
         pane = app.query_one(TrainPane)
         await wait_for(pilot, lambda: pane.state.status == "stopped", what="the run attached")
         assert pane.attached_dir == run_dir and [p[0] for p in pane.state.train_points] == [1, 2, 3]
-        await pilot.pause(0.4)
+        await wait_for(pilot, lambda: f"{run_dir.name}: stopped" in screen_text(app), what="the title")
         assert f"{run_dir.name}: stopped" in screen_text(app)
+        assert not app.query_one("#train-resume", Button).has_class("-unavailable")
+
+
+async def test_attach_marks_a_run_whose_process_died_as_interrupted(tmp_path: Path) -> None:
+    run_dir = tmp_path / "killed"
+    with EventLog(run_dir) as log:  # RunStarted and steps, then nothing: the process was killed (no lock held)
+        log.append(RunStarted(run_id="killed", run_dir=str(run_dir), config={}, source={}, total_steps=9,
+                              trainable_params=1, total_params=2))
+        log.append(StepLogged(step=1, total_steps=9, epoch=0.1, loss=2.0, lr=1e-4, grad_norm=1.0,
+                              tokens_per_second=10.0, elapsed_seconds=1.0, eta_seconds=8.0))
+    app = make_train_app(monitor_run=run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        pane = app.query_one(TrainPane)
+        await wait_for(pilot, lambda: pane.state.status == "interrupted", what="the run marked interrupted")
+        await wait_for(pilot, lambda: "killed: interrupted" in screen_text(app), what="the title")
+        assert "killed: interrupted" in screen_text(app)
         assert not app.query_one("#train-resume", Button).has_class("-unavailable")

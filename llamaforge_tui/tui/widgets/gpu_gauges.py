@@ -65,7 +65,7 @@ class Gauge(Label):
     """One labelled value whose colour follows its level."""
 
     def set_value(self, text: str, level: Level) -> None:
-        self.update(Text(text))
+        self.update(Text(text), layout=False)  # gauges have fixed widths (app.tcss): no layout pass per sample
         self.remove_class(*LEVEL_CLASSES)
         self.add_class(f"-{level.value}")
 

@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.train_config import SCHEDULERS, WEIGHTS, TrainConfig
@@ -215,3 +215,48 @@ class RunForm(VerticalScroll):
         if widget_id and widget_id.startswith("in-"):
             self.validate_field(widget_id[3:])
             self.post_message(self.Changed())
+
+
+class ConfigFileBar(Horizontal):
+    """Save the form to / load it from a config file, in the CLI's format (TOML, or YAML by extension)."""
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="config file (.toml/.yaml)", id="config-path")
+        yield Button("Save", id="config-save")
+        yield Button("Load", id="config-load")
+
+    @property
+    def form(self) -> RunForm:
+        return self.screen.query_one(RunForm)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        path = self.query_one("#config-path", Input).value.strip()
+        if not path:
+            self.notify("Give a config file name first.", severity="error")
+            return
+        if event.button.id == "config-save":
+            self._save(Path(path).expanduser())
+        else:
+            self._load(Path(path).expanduser())
+
+    def _save(self, path: Path) -> None:
+        config = self.form.config(require_inputs=False)
+        if config is None:
+            self.notify("Fix the marked fields first.", title="Not saved", severity="error")
+            return
+        try:
+            written = config.to_file(path)
+        except (LlamaForgeError, OSError) as exc:
+            self.notify(str(exc), title="Not saved", severity="error", markup=False)
+            return
+        self.notify(str(written), title="Config saved", markup=False)
+
+    def _load(self, path: Path) -> None:
+        try:
+            config = TrainConfig.from_file(path)
+        except LlamaForgeError as exc:
+            self.notify(str(exc), title="Not loaded", severity="error", markup=False)
+            return
+        self.form.load_config(config)
+        self.notify(str(path), title="Config loaded", markup=False)

@@ -17,10 +17,13 @@ from llamaforge_tui.core.events import (
     RunStarted,
     StepLogged,
 )
+from llamaforge_tui.core.fsutil import human_bytes
 
 # Status values, also used (with a leading hyphen) as CSS state classes on the pane.
 IDLE, RUNNING, STOPPING, FINISHED, STOPPED, FAILED = "idle", "running", "stopping", "finished", "stopped", "failed"
-ENDED = frozenset({FINISHED, STOPPED, FAILED})
+INTERRUPTED = "interrupted"  # a followed run whose process died without a last event (killed, crashed)
+STATUSES = (IDLE, RUNNING, STOPPING, FINISHED, STOPPED, FAILED, INTERRUPTED)
+ENDED = frozenset({FINISHED, STOPPED, FAILED, INTERRUPTED})
 
 
 @dataclass
@@ -93,3 +96,26 @@ def format_duration(seconds: float | None) -> str:
         days, hours = divmod(hours, 24)
         return f"{days}d {hours}:{minutes:02d}:{secs:02d}"
     return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def stats_line(state: RunState) -> str:
+    """The monitor's figures: step/total, epoch, loss, lr, grad-norm, tokens/s, elapsed, ETA, eval, memory."""
+    s = state.last_step
+    step_total = f"step {state.step}/{state.total_steps or '?'}"
+    if s is None:
+        return step_total
+    parts = [
+        step_total,
+        f"epoch {s.epoch:.2f}",
+        f"loss {s.loss:.4f}",
+        f"lr {s.lr:.2e}",
+        f"grad-norm {s.grad_norm:.3f}",
+        f"{s.tokens_per_second:,.0f} tok/s",
+        f"elapsed {format_duration(s.elapsed_seconds)}",
+        f"ETA {format_duration(None if state.ended else s.eta_seconds)}",
+    ]
+    if state.eval_points:
+        parts.append(f"eval {state.eval_points[-1][1]:.4f}")
+    if s.memory_bytes:
+        parts.append(f"mem {human_bytes(s.memory_bytes)}")
+    return "  ".join(parts)

@@ -23,23 +23,33 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, Input, ProgressBar, Static, TabbedContent, TabPane
+from textual.widgets import Button, ProgressBar, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.events import Event, EventReader, LogLine, RunFailed, RunFinished
-from llamaforge_tui.core.fsutil import human_bytes
 from llamaforge_tui.core.train_config import TrainConfig
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges
 from llamaforge_tui.tui.widgets.log_panel import LogPanel, PanelLogHandler
 from llamaforge_tui.tui.widgets.loss_chart import LossChart
-from llamaforge_tui.tui.widgets.run_form import RunForm
+from llamaforge_tui.tui.widgets.run_form import ConfigFileBar, RunForm
 from llamaforge_tui.tui.widgets.run_plan import RunPlan
-from llamaforge_tui.tui.widgets.run_state import ENDED, IDLE, RUNNING, STOPPING, RunState, format_duration
+from llamaforge_tui.tui.widgets.run_state import (
+    ENDED,
+    IDLE,
+    INTERRUPTED,
+    RUNNING,
+    STATUSES,
+    STOPPING,
+    RunState,
+    stats_line,
+)
 from llamaforge_tui.tui.widgets.runs_list import RunsList
 
 TrainFn = Callable[..., Any]  # core.trainer.run(config, emit, stop_event, *, resume_from, settings)
-STATE_CLASSES = tuple(f"-{s}" for s in ("idle", "running", "stopping", "finished", "stopped", "failed"))
+STATE_CLASSES = tuple(f"-{status}" for status in STATUSES)
+# Twice a second is plenty for a run watched for hours, and keeps the UI's CPU away from training.
+REFRESH_SECONDS = 0.5
 
 
 class TrainPane(Vertical):
@@ -56,10 +66,11 @@ class TrainPane(Vertical):
     class EventsArrived(Message):
         """Training events, from this process's run or from a followed ``events.jsonl``. Never coalesced."""
 
-        def __init__(self, events: list[Event], *, origin: str) -> None:
+        def __init__(self, events: list[Event], *, origin: str, trainer_alive: bool | None = None) -> None:
             super().__init__()
             self.events = events
             self.origin = origin  # "local" or "attached"
+            self.trainer_alive = trainer_alive  # attached: does a process hold the run's lock? None: not checked
 
     class ExportRequested(Message):
         """The user asked to export a finished or stopped run (the app opens the export screen)."""
@@ -87,10 +98,7 @@ class TrainPane(Vertical):
                 with TabbedContent(id="train-side-tabs"):
                     with TabPane("Config", id="train-config-tab"):
                         yield RunForm(id="run-form")
-                        with Horizontal(id="config-file-row"):
-                            yield Input(placeholder="config file (.toml/.yaml)", id="config-path")
-                            yield Button("Save", id="config-save")
-                            yield Button("Load", id="config-load")
+                        yield ConfigFileBar(id="config-file-row")
                         yield RunPlan(id="run-plan")
                     with TabPane("Runs", id="train-runs-tab"):
                         yield RunsList(self.app.settings, id="runs-list")
@@ -111,7 +119,7 @@ class TrainPane(Vertical):
     def on_mount(self) -> None:
         self._log_handler = PanelLogHandler(self.query_one(LogPanel))
         logging.getLogger("llamaforge_tui").addHandler(self._log_handler)
-        self.set_interval(0.25, self._refresh_monitor, name="train-monitor-refresh")
+        self.set_interval(REFRESH_SECONDS, self._refresh_monitor, name="train-monitor-refresh")
         self.watch(self.app, "selected_model", self._prefill_model)
         self.watch(self.app, "selected_dataset", self._prefill_dataset)
         self._refresh_monitor()
@@ -242,31 +250,6 @@ class TrainPane(Vertical):
     def _export_pressed(self) -> None:
         self.action_export()
 
-    @on(Button.Pressed, "#config-save")
-    def _save_config(self) -> None:
-        path = self.query_one("#config-path", Input).value.strip()
-        config = self.query_one(RunForm).config(require_inputs=False)
-        if not path or config is None:
-            self.notify("Give a file name and fix the marked fields first.", severity="error")
-            return
-        try:
-            written = config.to_file(Path(path).expanduser())
-        except (LlamaForgeError, OSError) as exc:
-            self.notify(str(exc), title="Not saved", severity="error", markup=False)
-            return
-        self.notify(str(written), title="Config saved", markup=False)
-
-    @on(Button.Pressed, "#config-load")
-    def _load_config(self) -> None:
-        path = self.query_one("#config-path", Input).value.strip()
-        try:
-            config = TrainConfig.from_file(Path(path).expanduser())
-        except LlamaForgeError as exc:
-            self.notify(str(exc), title="Not loaded", severity="error", markup=False)
-            return
-        self.query_one(RunForm).load_config(config)
-        self.notify(path, title="Config loaded", markup=False)
-
     @on(RunForm.Changed)
     def _form_changed(self) -> None:
         self.query_one(RunPlan).schedule(self.query_one(RunForm), self.query_one(GpuGauges))
@@ -344,12 +327,18 @@ class TrainPane(Vertical):
     @work(thread=True, group="monitor", name="follow-events", description="Follow a run's events.jsonl",
           exit_on_error=False)
     def _follow(self, run_dir: Path, interval: float = 0.3) -> None:
+        from llamaforge_tui.core.runs import is_locked
+
         worker = get_current_worker()
         reader = EventReader(run_dir)
+        polls = 0
         while not worker.is_cancelled:
             events = reader.poll()
-            if events:
-                self.post_message(self.EventsArrived(events, origin="attached"))
+            # Every few seconds: is a process still training it? (its lock dies with it, even on SIGKILL)
+            alive = is_locked(run_dir) if polls % 10 == 0 else None
+            polls += 1
+            if events or alive is not None:
+                self.post_message(self.EventsArrived(events, origin="attached", trainer_alive=alive))
             if worker.cancelled_event.wait(interval):
                 break
 
@@ -376,6 +365,11 @@ class TrainPane(Vertical):
                     self.notify(event.reason, title="Training failed", severity="error", markup=False)
         if stopping and not self.state.ended:
             self.state.status = STOPPING
+        if message.trainer_alive is False and self.state.status == RUNNING:
+            self.state.status = INTERRUPTED
+            panel.write_line("no process is training this run any more (killed or crashed); resume it with r")
+        elif message.trainer_alive and self.state.status == INTERRUPTED:
+            self.state.status = RUNNING
         self._dirty = True
 
     def _refresh_monitor(self) -> None:
@@ -399,11 +393,11 @@ class TrainPane(Vertical):
                 title += f" - {state.failed.reason}"
         elif state.status == STOPPING and state.run_id:
             title = f"{state.run_id}: {title}"
-        title_widget.update(Text(title))
+        title_widget.update(Text(title), layout=False)  # fixed-size widgets: no layout pass per refresh
         bar = self.query_one(ProgressBar)
         # An unknown total animates the bar (a run loading its model); with no run it stays still.
         bar.update(total=state.total_steps or (None if self.run_active else 1), progress=state.step)
-        self.query_one("#run-stats", Static).update(Text(self._stats_text()))
+        self.query_one("#run-stats", Static).update(Text(stats_line(state)), layout=False)
         self.query_one(LossChart).set_points(state.train_points, state.eval_points)
         # Dimmed, not disabled: disabling the focused button would throw focus into the form, where the
         # next key (s, r, t) would be typed into a field instead of acting.
@@ -416,24 +410,3 @@ class TrainPane(Vertical):
         }
         for selector, ok in available.items():
             self.query_one(selector, Button).set_class(not ok, "-unavailable")
-
-    def _stats_text(self) -> str:
-        s = self.state.last_step
-        step_total = f"step {self.state.step}/{self.state.total_steps or '?'}"
-        if s is None:
-            return step_total
-        parts = [
-            step_total,
-            f"epoch {s.epoch:.2f}",
-            f"loss {s.loss:.4f}",
-            f"lr {s.lr:.2e}",
-            f"grad-norm {s.grad_norm:.3f}",
-            f"{s.tokens_per_second:,.0f} tok/s",
-            f"elapsed {format_duration(s.elapsed_seconds)}",
-            f"ETA {format_duration(None if self.state.ended else s.eta_seconds)}",
-        ]
-        if self.state.eval_points:
-            parts.append(f"eval {self.state.eval_points[-1][1]:.4f}")
-        if s.memory_bytes:
-            parts.append(f"mem {human_bytes(s.memory_bytes)}")
-        return "  ".join(parts)
