@@ -20,7 +20,7 @@ from llamaforge_tui.tui.app import Services, make_app
 from llamaforge_tui.tui.screens.confirm_quit import ConfirmQuit
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges, GpuRow, bar_text
 from llamaforge_tui.tui.widgets.log_panel import LogPanel
-from llamaforge_tui.tui.widgets.loss_chart import LossChart
+from llamaforge_tui.tui.widgets.loss_chart import LossChart, visible
 from llamaforge_tui.tui.widgets.run_form import RunForm
 from llamaforge_tui.tui.widgets.train_pane import TrainPane
 from train_helpers import FakeTrainer, screen_text, wait_for, wait_for_training
@@ -370,3 +370,22 @@ async def test_attach_marks_a_run_whose_process_died_as_interrupted(tmp_path: Pa
         await wait_for(pilot, lambda: "killed: interrupted" in screen_text(app), what="the title")
         assert "killed: interrupted" in screen_text(app)
         assert not app.query_one("#train-resume", Button).has_class("-unavailable")
+
+
+async def test_loss_chart_zooms_to_the_last_steps() -> None:
+    app = make_train_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await show_train(app, pilot)
+        chart = app.query_one(LossChart)
+        chart.set_points([(i, 5.0 / i) for i in range(1, 301)], [(i, 4.0 / i) for i in range(10, 301, 10)])
+        app.query_one("#train-start", Button).focus()
+        assert chart.zoom is None
+        await pilot.press("z")
+        assert chart.zoom == 50
+        assert [p[0] for p in visible(chart.train_points, chart.zoom, chart.last_step)] == list(range(251, 301))
+        await wait_for(pilot, lambda: "last 50 steps" in screen_text(app), what="the zoomed chart")
+        text = screen_text(app)
+        assert "251" in text and "300" in text and "eval loss" in text  # x axis starts at the window
+        for _ in range(3):
+            await pilot.press("z")
+        assert chart.zoom is None

@@ -163,6 +163,10 @@ class TrainPane(Vertical):
         if config is None:
             self.notify("Fix the fields marked in the form first.", title="Not started", severity="error")
             return
+        plan = self.query_one(RunPlan).plan
+        if plan is not None and plan.fits is False:
+            self.notify("The memory estimate says this run will not fit; starting anyway.",
+                        title="Memory", severity="warning")
         self._launch(config, resume_from=None)
 
     def action_resume(self) -> None:
