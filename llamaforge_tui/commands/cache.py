@@ -59,6 +59,8 @@ def run_cache(args: argparse.Namespace) -> int:
         print_json(scan.to_dict(usage))
         return 0
     print(f"HF cache {scan.cache_dir}: {len(scan.repos)} repo(s), {human_bytes(scan.total_size_bytes)}")
+    if scan.dequantized_cache_bytes:
+        print(f"LlamaForge dequantized GGUF cache: {human_bytes(scan.dequantized_cache_bytes)}")
     if scan.repos:
         rows = [("REPO", "TYPE", "SIZE", "REVS", "COMPLETE", "MODIFIED", "ACCESSED", "USED BY")]
         for r in scan.repos:

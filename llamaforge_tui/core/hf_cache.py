@@ -179,6 +179,8 @@ class CacheScan:
     warnings: list[str] = field(default_factory=list)
     incomplete_files: list[tuple[Path, int]] = field(default_factory=list)
     info: Any = None  # huggingface_hub.HFCacheInfo | None (None when the folder does not exist)
+    # LlamaForge's own cache of dequantized GGUF weights (not part of the HF cache, but disk the user pays for).
+    dequantized_cache_bytes: int = 0
 
     def find(self, repo_id: str, repo_type: str | None = None) -> RepoEntry:
         for repo in self.repos:
@@ -191,6 +193,7 @@ class CacheScan:
         return {
             "cache_dir": str(self.cache_dir),
             "total_size_bytes": self.total_size_bytes,
+            "dequantized_cache_bytes": self.dequantized_cache_bytes,
             "warnings": list(self.warnings),
             "incomplete_downloads": [{"path": str(p), "size_bytes": s} for p, s in self.incomplete_files],
             "repos": [r.to_dict(used_by.get(r.repo_id, []) if r.repo_type == "model" else [])
@@ -290,7 +293,7 @@ def scan_cache(cache_dir: str | Path | None = None) -> CacheScan:
 
     folder = resolve_cache_dir(cache_dir)
     if not folder.exists():
-        return CacheScan(folder, [], 0)
+        return CacheScan(folder, [], 0, dequantized_cache_bytes=_dequantized_cache_bytes())
     if not folder.is_dir():
         raise CacheError(f"the Hugging Face cache path {folder} is a file, not a folder")
     try:
@@ -311,7 +314,14 @@ def scan_cache(cache_dir: str | Path | None = None) -> CacheScan:
             repos.append(entry)
     incomplete = sorted((f.file_path, f.size_on_disk) for f in getattr(info, "incomplete_files", ()))
     repos.sort(key=lambda r: (-r.size_bytes, r.repo_id))
-    return CacheScan(folder, repos, info.size_on_disk, warnings, incomplete, info)
+    return CacheScan(folder, repos, info.size_on_disk, warnings, incomplete, info,
+                     dequantized_cache_bytes=_dequantized_cache_bytes())
+
+
+def _dequantized_cache_bytes() -> int:
+    from llamaforge_tui.core import dequant_cache
+
+    return sum(entry.size_bytes for entry in dequant_cache.cache_usage())
 
 
 # --------------------------------------------------------------------------------------------------

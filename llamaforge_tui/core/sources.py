@@ -126,7 +126,10 @@ def hf_snapshot(repo: str, revision: str | None, settings: Settings | None, *, d
     cache module (config, tokenizer and safetensors only)."""
     from huggingface_hub import try_to_load_from_cache
 
-    cache_dir = (settings.hf_cache_dir or None) if settings is not None else None
+    from llamaforge_tui.core.hf_cache_layout import cache_dir_from_settings
+
+    # Resolved at call time: huggingface_hub fixes its default cache folder at import, before HF_HOME may change.
+    cache_dir = cache_dir_from_settings(settings)
     try:
         cached = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision)
     except ValueError as exc:  # huggingface_hub's HFValidationError for ids it rejects

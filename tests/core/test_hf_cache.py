@@ -206,3 +206,17 @@ def test_run_usage_reads_runs_and_their_source_json(tmp_path: Path, monkeypatch:
             SimpleNamespace(run_id="c", path=gguf_run, source="x.gguf")]
     monkeypatch.setattr(runs_module, "list_runs", lambda settings: fake)
     assert run_usage(None) == {"Qwen/Qwen2.5-0.5B": ["a"], "google/gemma-3-270m": ["b"]}
+
+
+def test_scan_counts_the_dequantized_gguf_cache(tmp_path: Path) -> None:
+    """The dequantized-weights cache is LlamaForge's, not the hub's, but the user pays for it: it is in the totals."""
+    from llamaforge_tui.core import dequant_cache
+    from llamaforge_tui.core.hf_cache import scan_cache
+
+    entry = dequant_cache.cache_root() / "abc-float32"
+    entry.mkdir(parents=True)
+    (entry / "meta.json").write_text('{"gguf_path": "/x", "dtype": "float32"}')
+    (entry / "model.safetensors").write_bytes(b"\0" * 5000)
+    scan = scan_cache(tmp_path / "empty-hub")
+    assert scan.dequantized_cache_bytes == 5000 + len('{"gguf_path": "/x", "dtype": "float32"}')
+    assert scan.to_dict()["dequantized_cache_bytes"] == scan.dequantized_cache_bytes

@@ -152,6 +152,8 @@ class CachePane(Vertical):
         if scan.incomplete_files:
             size = sum(s for _, s in scan.incomplete_files)
             summary += f"; {len(scan.incomplete_files)} interrupted download(s) ({human_bytes(size)})"
+        if scan.dequantized_cache_bytes:
+            summary += f"; dequantized GGUF cache {human_bytes(scan.dequantized_cache_bytes)}"
         self.query_one("#cache-summary", Label).update(Text(summary))
         warnings = [f"warning: {w}" for w in scan.warnings] + ([f"note: {result.note}"] if result.note else [])
         panel = self.query_one("#cache-warnings", Static)
