@@ -61,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scheduler", choices=("cosine", "linear", "constant"))
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches instead of packing")
+    parser.add_argument("--packing", action="store_true", help="pack examples into max_seq_len rows "
+                        "(default: length-grouped batches)")
+    parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches (the default)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     add_json_flag(parser)
     parser.set_defaults(func=run_train)
@@ -82,6 +84,8 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
             changes[field_name] = value
     if getattr(args, "steps", None) is None and getattr(args, "epochs", None) is not None:
         changes["max_steps"] = None  # --epochs beats a max_steps from the config file
+    if getattr(args, "packing", False):
+        changes["packing"] = True
     if getattr(args, "no_packing", False):
         changes["packing"] = False
     if getattr(args, "gradient_checkpointing", False):

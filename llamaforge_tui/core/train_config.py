@@ -59,7 +59,9 @@ class TrainConfig:
     batch_size: int = 4  # micro-batch, per process
     grad_accum: int = 1
     max_seq_len: int = 1024
-    packing: bool = True  # pack several examples per row; off: length-grouped padded batches
+    # off (default): length-grouped batches padded to their longest (measured faster: short rows keep
+    # attention cheap); on: examples packed into max_seq_len rows (no padding at all, but long rows).
+    packing: bool = False
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # auto: bf16 autocast where the hardware is fast at it
     device: str = "auto"

@@ -55,7 +55,7 @@ def _losses(events: list[Event]) -> dict[int, float]:
 
 
 def test_memorizes_and_greedy_generation_reproduces_answers(tiny, tmp_path: Path) -> None:  # noqa: ANN001
-    result, events = _train(_config(tiny, tmp_path / "run", max_steps=40))
+    result, events = _train(_config(tiny, tmp_path / "run", max_steps=40, packing=True))  # 4 examples, one row
     losses = _losses(events)
     assert result.status == "finished" and result.step == 40
     assert losses[40] <= 0.2 * losses[1], (losses[1], losses[40])

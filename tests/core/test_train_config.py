@@ -12,7 +12,7 @@ from llamaforge_tui.core.train_config import TrainConfig
 
 def test_toml_and_yaml_round_trip(tmp_path: Path) -> None:
     cfg = TrainConfig(model="ollama:gemma3:270m", data="chat.jsonl", lora_r=8, target_modules=["q_proj", "v_proj"],
-                      max_steps=50, use_rslora=True, scheduler="linear", packing=False, dtype="bfloat16")
+                      max_steps=50, use_rslora=True, scheduler="linear", packing=True, dtype="bfloat16")
     for name in ("train.toml", "train.yaml"):
         path = cfg.to_file(tmp_path / name)
         again = TrainConfig.from_file(path)
