@@ -219,8 +219,8 @@ class TrainingRecipe:
         local = self.stop_event.is_set() or (self.dist.is_main and runs.stop_requested(self.run_dir))
         return dist.broadcast_flag(local, self.device, self.dist)
 
-    def _train_step(self) -> tuple[float, float, int]:
-        """One optimizer step. Returns (loss, grad norm, non-padding tokens of the step, all ranks)."""
+    def _train_step(self) -> tuple[float, float, int, float]:
+        """One optimizer step. Returns (loss, grad norm, non-padding tokens of the step on all ranks, lr used)."""
         import torch
 
         cfg = self.config
@@ -256,6 +256,7 @@ class TrainingRecipe:
         if not math.isfinite(grad_norm) and self.scaler is None:
             raise TrainingFailed("nan", failures.nan_reason(grad_norm, "gradient norm", self.step + 1, cfg,
                                                             self.precision.param_dtype, self.run_dir))
+        lr = float(self.optimizer.param_groups[0]["lr"])
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -263,7 +264,7 @@ class TrainingRecipe:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, step_tokens
+        return loss, grad_norm, step_tokens, lr
 
     def train(self) -> RunResult:
         cfg = self.config
@@ -279,7 +280,7 @@ class TrainingRecipe:
                 stopped = True
                 break
             try:
-                loss, grad_norm, tokens = self._train_step()
+                loss, grad_norm, tokens, lr = self._train_step()
             except Exception as exc:
                 if failures.is_oom(exc):
                     self.optimizer.zero_grad(set_to_none=True)
@@ -295,7 +296,7 @@ class TrainingRecipe:
                 per_step = (now - session_start) / session_steps
                 self.emit(StepLogged(step=self.step, total_steps=self.total_steps,
                                      epoch=self.stream.epoch_of(self.step * self.micro_per_step), loss=loss,
-                                     lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                                     lr=lr, grad_norm=grad_norm,
                                      tokens_per_second=window_tokens / max(now - window_start, 1e-9),
                                      elapsed_seconds=now - session_start,
                                      eta_seconds=per_step * (self.total_steps - self.step),

@@ -200,3 +200,18 @@ def test_a_second_ctrl_c_aborts_and_is_recorded(tiny, tmp_path: Path) -> None:  
     assert isinstance(events[-1], RunFailed) and events[-1].kind == "aborted" and "step 2" in events[-1].reason
     assert runs.summarize_run(tmp_path / "run").status == "failed"
     assert not runs.is_locked(tmp_path / "run")
+
+
+def test_schedule_warmup_then_decay_and_logged_lr_is_the_one_used() -> None:
+    from llamaforge_tui.core.train_setup import lr_factor
+
+    cosine = [lr_factor(s, 10, 2, "cosine") for s in range(10)]
+    assert cosine[:2] == [1 / 3, 2 / 3] and cosine[2] == 1.0 and cosine == sorted(cosine[:3]) + sorted(cosine[3:], reverse=True)
+    linear = [lr_factor(s, 10, 0, "linear") for s in range(10)]
+    assert linear[0] == 1.0 and linear[5] == pytest.approx(0.5) and lr_factor(3, 10, 0, "constant") == 1.0
+
+
+def test_step_events_carry_the_lr_of_that_step(tiny, tmp_path: Path) -> None:  # noqa: ANN001
+    _, events = _train(_config(tiny, tmp_path / "run", max_steps=3, warmup_steps=2, scheduler="linear"))
+    lrs = [e.lr for e in events if isinstance(e, StepLogged)]
+    assert lrs == pytest.approx([1e-2 / 3, 2e-2 / 3, 1e-2])
