@@ -9,7 +9,6 @@ backend, CUDA workers NCCL, one GPU per local rank.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,16 +91,3 @@ def torchrun_command(nproc: int, cli_args: Sequence[str]) -> list[str]:
         raise ConfigError("--nproc must be at least 2 to launch distributed workers")
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "--tee=0", "-m", "llamaforge_tui", *cli_args]
-
-
-def relaunch(nproc: int, cli_args: Sequence[str], env: dict[str, str] | None = None) -> int:
-    """Run the workers and wait. Ctrl-C reaches them through the terminal's process group (and torchrun
-    forwards its own signals), so each worker stops gracefully at its next step."""
-    cmd = torchrun_command(nproc, cli_args)
-    child_env = {**os.environ, **(env or {})}
-    child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.Popen(cmd, env=child_env)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return proc.wait()
