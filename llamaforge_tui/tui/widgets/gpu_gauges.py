@@ -66,8 +66,10 @@ class Gauge(Label):
 
     def set_value(self, text: str, level: Level) -> None:
         self.update(Text(text), layout=False)  # gauges have fixed widths (app.tcss): no layout pass per sample
-        self.remove_class(*LEVEL_CLASSES)
-        self.add_class(f"-{level.value}")
+        wanted = f"-{level.value}"
+        if not self.has_class(wanted):  # a class change restyles (and may re-lay out): only on a new level
+            self.remove_class(*LEVEL_CLASSES)
+            self.add_class(wanted)
 
 
 class GpuRow(Horizontal):
@@ -144,6 +146,7 @@ class GpuGauges(Vertical):
         self.host_sampler = host_sampler or HostSampler()
         self.interval = interval
         self.last_gpus: GpuResult | None = None
+        self._shown_gpus: GpuResult | None = None
         self.last_host: HostSample | None = None
         self._sampler_worker: Worker[None] | None = None
 
@@ -176,11 +179,12 @@ class GpuGauges(Vertical):
 
     def show(self, gpus: GpuResult, host: HostSample) -> None:
         """Draw one sample (also called directly by tests)."""
-        self.last_gpus, self.last_host = gpus, host
+        self._shown_gpus, self.last_gpus, self.last_host = self.last_gpus, gpus, host
         reason = self.query_one("#gpu-unavailable", Static)
         rows = self.query_one("#gpu-rows", Vertical)
         if isinstance(gpus, GpuUnavailable):
-            reason.update(Text(f"{gpus.reason[:1].upper()}{gpus.reason[1:]}; showing CPU and RAM instead."))
+            if not isinstance(self._shown_gpus, GpuUnavailable) or self._shown_gpus.reason != gpus.reason:
+                reason.update(Text(f"{gpus.reason[:1].upper()}{gpus.reason[1:]}; showing CPU and RAM instead."))
             reason.display = True
             rows.display = False
         else:

@@ -170,6 +170,8 @@ class RunForm(VerticalScroll):
         return value
 
     def _show_error(self, name: str, message: str | None) -> None:
+        if self.errors.get(name) == message or (message is None and name not in self.errors):
+            return  # unchanged: no restyle, no layout pass
         error = self.query_one(f"#err-{name}", Static)
         if message:
             self.errors[name] = message

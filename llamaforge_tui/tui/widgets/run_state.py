@@ -119,3 +119,16 @@ def stats_line(state: RunState) -> str:
     if s.memory_bytes:
         parts.append(f"mem {human_bytes(s.memory_bytes)}")
     return "  ".join(parts)
+
+
+def progress_line(state: RunState, active: bool, width: int) -> str:
+    """``━━━━━━━━╸──────────  42%  (21/50)`` sized to ``width``; "loading…" before a run knows its total."""
+    if not state.total_steps:
+        return "loading the model and the data…" if active else ""
+    fraction = min(1.0, max(0.0, state.step / state.total_steps))
+    tail = f" {fraction * 100:3.0f}%"
+    cells = max(0, width - len(tail))
+    done = fraction * cells
+    full = int(done)
+    bar = "━" * full + ("╸" if done - full >= 0.5 and full < cells else "")
+    return bar + "─" * (cells - len(bar)) + tail

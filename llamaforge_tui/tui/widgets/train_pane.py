@@ -23,7 +23,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, ProgressBar, Static, TabbedContent, TabPane
+from textual.widgets import Button, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from llamaforge_tui.core.errors import LlamaForgeError
@@ -42,6 +42,7 @@ from llamaforge_tui.tui.widgets.run_state import (
     STATUSES,
     STOPPING,
     RunState,
+    progress_line,
     stats_line,
 )
 from llamaforge_tui.tui.widgets.runs_list import RunsList
@@ -110,7 +111,7 @@ class TrainPane(Vertical):
             with Vertical(id="train-monitor"):
                 yield Static("No run yet: fill in the form and press t, or pick one under Runs.",
                              id="run-title", markup=False)
-                yield ProgressBar(id="run-progress", show_eta=False)
+                yield Static("", id="run-progress", markup=False)
                 yield Static("", id="run-stats", markup=False)
                 yield LossChart(id="loss-chart")
                 yield GpuGauges(id="gauges", gpu_sampler=getattr(services, "gpu_sampler", None))
@@ -398,9 +399,10 @@ class TrainPane(Vertical):
         elif state.status == STOPPING and state.run_id:
             title = f"{state.run_id}: {title}"
         title_widget.update(Text(title), layout=False)  # fixed-size widgets: no layout pass per refresh
-        bar = self.query_one(ProgressBar)
-        # An unknown total animates the bar (a run loading its model); with no run it stays still.
-        bar.update(total=state.total_steps or (None if self.run_active else 1), progress=state.step)
+        # A text bar, not Textual's ProgressBar: its labels re-lay out the whole screen at every update,
+        # which on a CPU busy training took a noticeable share of the CPU from the run.
+        progress = self.query_one("#run-progress", Static)
+        progress.update(Text(progress_line(state, self.run_active, progress.size.width)), layout=False)
         self.query_one("#run-stats", Static).update(Text(stats_line(state)), layout=False)
         self.query_one(LossChart).set_points(state.train_points, state.eval_points)
         # Dimmed, not disabled: disabling the focused button would throw focus into the form, where the
