@@ -48,14 +48,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     steps = parser.add_mutually_exclusive_group()
     steps.add_argument("--steps", type=int, metavar="N", help="optimizer steps (overrides epochs)")
-    steps.add_argument("--epochs", type=float, metavar="E")
+    steps.add_argument("--epochs", type=float, metavar="E", help="passes over the data (default 1)")
     parser.add_argument("--out", metavar="RUN_DIR", help="the run folder (default: a new folder under the runs dir)")
-    for flag, field_type, meta in (("--lr", float, "LR"), ("--lora-r", int, "R"), ("--lora-alpha", float, "A"),
-                                   ("--lora-dropout", float, "P"), ("--batch-size", int, "B"),
-                                   ("--grad-accum", int, "G"), ("--max-seq-len", int, "N"), ("--seed", int, "S"),
-                                   ("--eval-split", float, "F"), ("--log-every", int, "N"), ("--save-every", int, "N"),
-                                   ("--eval-every", int, "N"), ("--warmup-steps", int, "N"), ("--nproc", int, "N")):
-        parser.add_argument(flag, type=field_type, metavar=meta)
+    for flag, field_type, meta, text in (
+            ("--lr", float, "LR", "peak learning rate (default 2e-4)"),
+            ("--lora-r", int, "R", "LoRA rank (default 16)"),
+            ("--lora-alpha", float, "A", "LoRA alpha (default 32)"),
+            ("--lora-dropout", float, "P", "LoRA dropout (default 0)"),
+            ("--batch-size", int, "B", "micro-batch size per process (default 4)"),
+            ("--grad-accum", int, "G", "micro-batches per optimizer step (default 1)"),
+            ("--max-seq-len", int, "N", "longest example in tokens; longer ones are cut (default 1024)"),
+            ("--seed", int, "S", "seed for the split, the data order, LoRA init and dropout (default 0)"),
+            ("--eval-split", float, "F", "fraction held out for evaluation (default 0)"),
+            ("--log-every", int, "N", "a progress line every N steps (default 1)"),
+            ("--save-every", int, "N", "a checkpoint every N steps, 0: only at the end (default 50)"),
+            ("--eval-every", int, "N", "evaluate every N steps, 0: at the end (default 0)"),
+            ("--warmup-steps", int, "N", "linear warmup steps (default 3%% of the steps)"),
+            ("--nproc", int, "N", "train with N processes (DDP through torchrun)")):
+        parser.add_argument(flag, type=field_type, metavar=meta, help=text)
     parser.add_argument("--format", help="dataset format (default: detect)")
     parser.add_argument("--chat-template", metavar="NAME", help="override the chat template (family, file or Jinja)")
     parser.add_argument("--scheduler", choices=("cosine", "linear", "constant"))
