@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_POSITIONS = 256
 MAX_SEQ = 192
-FLOOR_FACTOR = 3.0
+FLOOR_FACTOR = 5.0
 
 
 @dataclass
@@ -79,7 +79,8 @@ class ReferenceModel:
         floor = compare_logits(self.base_logits, llama_cpp_logits(base_gguf, self.sequences))
         result.floor_kl = floor.mean_kl
         limit = FLOOR_FACTOR * floor.mean_kl + GATES[result.gate][1]
-        if result.mean_kl <= limit and result.top1_agreement >= floor.top1_agreement - 0.02:
+        min_top1 = min(GATES[result.gate][0], floor.top1_agreement - 0.02)
+        if result.mean_kl <= limit and result.top1_agreement >= min_top1:
             result.passed = True
             result.warnings = [w for w in result.warnings if not w.startswith(out_type + ":")]
             result.warnings.append(
