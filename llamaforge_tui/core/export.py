@@ -392,7 +392,14 @@ def measure_choices(run_dir: Path | str, choices: list[str], settings: Any = Non
             emit(ExportProgress("verify", f"measuring {choice}"))
             opts = ExportOptions(out_type="q8_0" if choice == "adapter" else choice, adapter=choice == "adapter",
                                  out_dir=scratch / choice, name="compare")
-            res = export_run(run.run_dir, opts, settings, stop_event=stop_event)
+            try:
+                res = export_run(run.run_dir, opts, settings, stop_event=stop_event)
+            except ExportCancelled:
+                raise
+            except LlamaForgeError as exc:  # e.g. K-quants without llama.cpp, hybrid on an HF source
+                nan = float("nan")
+                rows.append(Verification(0.0, nan, nan, 0, False, "n/a", [str(exc)], label=f"{choice} (unavailable)"))
+                continue
             if choice == "adapter":
                 v = ref.verify(Path(run.source["gguf_path"]), _adapter_gate(run), lora_path=res.adapter_path,
                                label="adapter", sample=False)
