@@ -286,8 +286,11 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
     else:
         if run.gguf_based:
             with GgufFile(run.source["gguf_path"]) as src:
-                if src.get("tokenizer.chat_template") is None and choice.template:
-                    meta["tokenizer.chat_template"] = kv(choice.template)
+                has_template = src.get("tokenizer.chat_template") is not None
+        else:
+            has_template = bool(bundle.chat_template)
+        if not has_template and choice.template and not _is_text_data(run):
+            meta["tokenizer.chat_template"] = kv(choice.template)  # the source lacked one: the training format
         gguf_path = out_dir / f"{name.replace('/', '-').replace(':', '-')}-{out_type}.gguf"
         size = _write_merged(run, adapter, out_type, gguf_path, meta, emit, stop_event)
         spec = _modelfile_spec(run, settings, bundle, choice, f"./{gguf_path.name}", None)

@@ -9,7 +9,7 @@ tensors keep their exact bytes whenever the output type allows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from llamaforge_tui.core.gguf_writer import (
     ExportError,
     KVEntry,
     TensorPlan,
+    convert_rows,
     decode_tensor,
     encode_tensor,
     kv_from_gguf,
@@ -145,8 +146,8 @@ def plan_gguf_merge(
                 def produce(info=info) -> np.ndarray:
                     return src.tensor_bytes(info)
             else:
-                def produce(info=info, ttype=ttype) -> np.ndarray:
-                    return encode_tensor(decode_tensor(src, info.name), ttype)
+                def produce(info=info, ttype=ttype) -> Iterator[np.ndarray]:
+                    return convert_rows(src, info.name, ttype)
         any_quant |= ttype not in (Q.F32, Q.F16, Q.BF16)
         plans.append(TensorPlan(info.name, info.ne, ttype, produce))
     if "output.weight" in touched and "output.weight" not in names:

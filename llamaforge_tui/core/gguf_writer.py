@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import struct
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,12 +139,13 @@ def kv_from_gguf(src: GgufFile, *, skip: Iterable[str] = ()) -> dict[str, KVEntr
 
 @dataclass
 class TensorPlan:
-    """What one output tensor will be. ``produce`` is called once, in file order, and returns its bytes."""
+    """What one output tensor will be. ``produce`` is called once, in file order, and returns its bytes, or an
+    iterator of byte chunks (row blocks), so a 262k-row embedding never exists whole in float32."""
 
     name: str
     ne: tuple[int, ...]  # ggml order, fastest dimension first
     ggml_type: GGMLQuantizationType
-    produce: Callable[[], np.ndarray | bytes | memoryview]
+    produce: Callable[[], np.ndarray | bytes | memoryview | Iterator[np.ndarray]]
 
     @property
     def nbytes(self) -> int:
@@ -248,17 +249,24 @@ def write_gguf(
             if stop_event is not None and stop_event.is_set():
                 raise ExportCancelled("export stopped; nothing was written at " + str(path))
             data = t.produce()
-            buf = memoryview(data if not isinstance(data, np.ndarray) else np.ascontiguousarray(data)).cast("B")
-            if buf.nbytes != t.nbytes:
+            chunks = data if isinstance(data, Iterator) else iter((data,))
+            written = 0
+            for chunk in chunks:
+                buf = memoryview(np.ascontiguousarray(chunk) if isinstance(chunk, np.ndarray) else chunk).cast("B")
+                written += buf.nbytes
+                if written > t.nbytes:
+                    break
+                fh.write(buf)
+                del buf, chunk
+            if written != t.nbytes:
                 raise ExportError(
-                    f"tensor {t.name}: produced {buf.nbytes} bytes, expected {t.nbytes} for {t.ggml_type.name} {list(t.ne)}"
+                    f"tensor {t.name}: produced {written} bytes, expected {t.nbytes} for {t.ggml_type.name} {list(t.ne)}"
                 )
-            fh.write(buf)
             pad = _pad(t.nbytes, alignment) - t.nbytes
             if pad:
                 fh.write(b"\0" * pad)
             done += t.nbytes + pad
-            del data, buf
+            del data, chunks
             if progress is not None:
                 progress(WriteProgress(i + 1, len(tensors), done, total_data, t.name))
     return size
@@ -319,3 +327,34 @@ def output_type_for(name: str, ne: Sequence[int], requested: GGMLQuantizationTyp
     if int(ne[0]) % block:
         return GGMLQuantizationType.F16
     return requested
+
+
+CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 per row block
+
+
+def convert_rows(src: GgufFile, name: str, ggml_type: GGMLQuantizationType) -> Iterator[np.ndarray]:
+    """An untouched source tensor converted to ``ggml_type`` in row blocks (bounded memory for big tensors)."""
+    info = src.tensor(name)
+    if len(info.shape) < 2 or info.n_elements <= CHUNK_ELEMENTS:
+        yield encode_tensor(decode_tensor(src, name), ggml_type)
+        return
+    flat_rows = int(np.prod(info.shape[:-1]))
+    step = max(1, CHUNK_ELEMENTS // info.ne[0])
+    raw = src.tensor_bytes(info)
+    row_bytes = info.nbytes // flat_rows
+    for r0 in range(0, flat_rows, step):
+        r1 = min(flat_rows, r0 + step)
+        block = raw[r0 * row_bytes:r1 * row_bytes]
+        yield encode_tensor(_decode_block(block, info.ggml_type, r1 - r0, info.ne[0]), ggml_type)
+
+
+def _decode_block(block: np.ndarray, ggml_type: GGMLQuantizationType, n_rows: int, row_len: int) -> np.ndarray:
+    if ggml_type == GGMLQuantizationType.F32:
+        return block.view(np.float32).reshape(n_rows, row_len)
+    if ggml_type == GGMLQuantizationType.F16:
+        return block.view(np.float16).reshape(n_rows, row_len).astype(np.float32)
+    try:
+        out = gguf_quants.dequantize(block.reshape(n_rows, -1), ggml_type)
+    except NotImplementedError:
+        raise ExportError(f"cannot dequantize {ggml_type.name}") from None
+    return np.asarray(out, dtype=np.float32).reshape(n_rows, row_len)
