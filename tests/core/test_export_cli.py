@@ -104,3 +104,14 @@ def test_k_quant_through_llama_cpp(llama_gguf_run: Path, tmp_path: Path) -> None
     assert {t.ggml_type.name for t in g.tensors} & {"Q4_K", "Q6_K", "Q5_K"}
     assert not list(tmp_path.glob(".lf-f16-*"))  # the F16 intermediate is gone
     assert np.isfinite(llama_cpp_logits(result.gguf_path, [[1, 2, 3, 4]])[0]).all()
+
+
+def test_measure_choices_gives_one_row_per_option(llama_gguf_run: Path) -> None:
+    from llamaforge_tui.core.export import measure_choices
+
+    rows = measure_choices(llama_gguf_run, ["f32", "q8_0", "adapter", "hybrid"])
+    assert [r.label.split(" ")[0] for r in rows] == ["f32", "q8_0", "adapter", "hybrid"]
+    by = {r.label.split(" ")[0]: r for r in rows}
+    assert by["f32"].passed and by["f32"].mean_kl < 1e-5 and by["adapter"].mean_kl < 1e-5
+    assert by["q8_0"].mean_kl > by["f32"].mean_kl and all(r.positions >= 64 for r in rows)
+    assert not list(llama_gguf_run.glob(".lf-compare-*"))  # scratch exports are cleaned up
