@@ -27,7 +27,7 @@ from llamaforge_tui.core.lora_weights import LoraAdapter, find_adapter_dir, load
 from llamaforge_tui.core.verify import Verification
 
 __all__ = ["EXPORT_TYPES", "ExportCancelled", "ExportError", "ExportOptions", "ExportProgress", "ExportResult",
-           "RunInfo", "VerificationFailed", "default_type", "export_run", "load_run", "measure_choices"]
+           "RunInfo", "VerificationFailed", "default_type", "export_run", "load_run"]
 
 EXPORT_TYPES = ("auto", *PLAIN_TYPES, *kquant.KQUANT_TYPES, "keep", "hybrid", "hybrid-f16")
 SMALL_MODEL_PARAMS = 3_000_000_000
@@ -306,10 +306,10 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
                               lambda m: emit(ExportProgress("verify", m)))
         emit(ExportProgress("verify", "comparing llama.cpp with the reference"))
         if options.adapter:
-            result.verification = ref.verify(Path(run.source["gguf_path"]), _adapter_gate(run),
+            result.verification = ref.verify(Path(run.source["gguf_path"]), adapter_gate(run),
                                              lora_path=adapter_path, label="adapter")
         else:
-            result.verification = _verify_merged(run, ref, gguf_path, out_type, out_type, emit)
+            result.verification = verify_merged(run, ref, gguf_path, out_type, out_type, emit)
         result.warnings += result.verification.warnings
         if not result.verification.passed:
             raise VerificationFailed("verification failed: " + "; ".join(result.verification.warnings), result)
@@ -319,7 +319,7 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
     return result
 
 
-def _verify_merged(run: RunInfo, ref: Any, path: Path, out_type: str, label: str,
+def verify_merged(run: RunInfo, ref: Any, path: Path, out_type: str, label: str,
                    emit: Callable[[ExportProgress], None], *, sample: bool = True) -> Verification:
     """Verify a merged file; a Q8_0 miss is re-judged against the base model's own Q8_0 noise (its floor)."""
     result = ref.verify(path, out_type, label=label, sample=sample)
@@ -349,7 +349,7 @@ def _verify_merged(run: RunInfo, ref: Any, path: Path, out_type: str, label: str
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _adapter_gate(run: RunInfo) -> str:
+def adapter_gate(run: RunInfo) -> str:
     """An adapter on the unchanged source is judged by the source's own type."""
     ft = str(run.source.get("gguf_file_type") or "").lower()
     return ft if ft in ("f32", "f16", "bf16", "q8_0") else "adapter"
@@ -374,45 +374,6 @@ def _register(result: ExportResult, spec: Any, options: ExportOptions, settings:
     except ServerUnreachable as exc:
         raise type(exc)(f"{exc}. The export is written; register it later with: {result.create_command}") from exc
     result.registered_as = reg.name
-
-
-def measure_choices(run_dir: Path | str, choices: list[str], settings: Any = None, *,
-                    progress: Callable[[ExportProgress], None] | None = None,
-                    stop_event: threading.Event | None = None) -> list[Verification]:
-    """Export each choice to a scratch folder and verify it against one reference: the KL of each option,
-    so the user picks with numbers (4-bit: adapter vs hybrid vs requantized)."""
-    from llamaforge_tui.core.export_verify import build_reference
-
-    emit = progress or (lambda p: None)
-    run = load_run(run_dir, settings)
-    ref = build_reference(run.source, run.config, run.adapter_dir, settings, lambda m: emit(ExportProgress("verify", m)))
-    rows: list[Verification] = []
-    scratch = Path(tempfile.mkdtemp(prefix=".lf-compare-", dir=run.run_dir))
-    try:
-        for choice in choices:
-            if stop_event is not None and stop_event.is_set():
-                raise ExportCancelled("comparison stopped")
-            emit(ExportProgress("verify", f"measuring {choice}"))
-            opts = ExportOptions(out_type="q8_0" if choice == "adapter" else choice, adapter=choice == "adapter",
-                                 out_dir=scratch / choice, name="compare")
-            try:
-                res = export_run(run.run_dir, opts, settings, stop_event=stop_event)
-            except ExportCancelled:
-                raise
-            except LlamaForgeError as exc:  # e.g. K-quants without llama.cpp, hybrid on an HF source
-                nan = float("nan")
-                rows.append(Verification(0.0, nan, nan, 0, False, "n/a", [str(exc)], label=f"{choice} (unavailable)"))
-                continue
-            if choice == "adapter":
-                v = ref.verify(Path(run.source["gguf_path"]), _adapter_gate(run), lora_path=res.adapter_path,
-                               label="adapter", sample=False)
-            else:
-                v = _verify_merged(run, ref, res.gguf_path, choice, choice, emit, sample=False)
-            v.label = f"{choice} ({res.size_bytes / 1e6:.0f} MB)"
-            rows.append(v)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return rows
 
 
 FILE_TYPE_OF = FILE_TYPES  # re-exported for the CLI's help text

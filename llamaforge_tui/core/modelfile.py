@@ -103,7 +103,7 @@ class ModelfileSpec:
     notes: list[str] = field(default_factory=list)  # why the template/stops are what they are
 
     def render(self) -> str:
-        lines = [f"# Written by LlamaForge. Create the model with: ollama create NAME -f Modelfile"]
+        lines = ["# Written by LlamaForge. Create the model with: ollama create NAME -f Modelfile"]
         lines += [f"# {n}" for n in self.notes]
         lines.append(f"FROM {self.from_}")
         if self.adapter:

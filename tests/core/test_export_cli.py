@@ -107,7 +107,7 @@ def test_k_quant_through_llama_cpp(llama_gguf_run: Path, tmp_path: Path) -> None
 
 
 def test_measure_choices_gives_one_row_per_option(llama_gguf_run: Path) -> None:
-    from llamaforge_tui.core.export import measure_choices
+    from llamaforge_tui.core.export_compare import measure_choices
 
     rows = measure_choices(llama_gguf_run, ["f32", "q8_0", "adapter", "hybrid"])
     assert [r.label.split(" ")[0] for r in rows] == ["f32", "q8_0", "adapter", "hybrid"]

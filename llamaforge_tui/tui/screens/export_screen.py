@@ -183,7 +183,7 @@ class ExportScreen(Screen[None]):
 
     @work(thread=True, group="export", name="export-compare", description="Compare export choices", exit_on_error=False)
     def _compare_worker(self) -> None:
-        from llamaforge_tui.core.export import measure_choices
+        from llamaforge_tui.core.export_compare import measure_choices
 
         worker = get_current_worker()
         measure = self._service("measure_choices", measure_choices)
