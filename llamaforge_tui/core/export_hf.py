@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,15 @@ from gguf import GGUFValueType
 from llamaforge_tui.core import arch as archmod
 from llamaforge_tui.core.export_merge import FILE_TYPES, PLAIN_TYPES
 from llamaforge_tui.core.export_vocab import tokenizer_kv
-from llamaforge_tui.core.gguf_writer import ExportError, KVEntry, TensorPlan, encode_tensor, kv, output_type_for
+from llamaforge_tui.core.gguf_writer import (
+    CHUNK_ELEMENTS,
+    ExportError,
+    KVEntry,
+    TensorPlan,
+    encode_tensor,
+    kv,
+    output_type_for,
+)
 from llamaforge_tui.core.lora_weights import LoraAdapter
 
 _F32 = GGUFValueType.FLOAT32
@@ -122,6 +130,13 @@ def llama3_rope_freqs(cfg: dict[str, Any]) -> np.ndarray | None:
     return np.asarray(out, dtype=np.float32)
 
 
+def _value_transform(spec: Any, gname: str) -> bool:
+    """Whether HF -> GGUF changes this tensor's values or row order (then it is converted whole)."""
+    if spec.norm_offset and gname.endswith("norm.weight"):
+        return True
+    return bool(spec.permute_qk) and (".attn_q." in gname or ".attn_k." in gname)
+
+
 def _safetensors_index(model_dir: Path) -> dict[str, Path]:
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -200,13 +215,28 @@ def plan_hf_export(model_dir: Path, architecture: str | None, adapter: LoraAdapt
             requested_t = requested
         ttype = output_type_for(gname, ne, requested_t)
 
-        def produce(name: str = name, ttype: Q = ttype) -> np.ndarray:
-            w = read(name)
+        def produce(name: str = name, ttype: Q = ttype, gname: str = gname) -> Any:
             module = modules.get(name)
+            big = len(shapes[name]) == 2 and shapes[name][0] * shapes[name][1] > CHUNK_ELEMENTS
+            if module is None and big and not _value_transform(spec, gname):
+                return _row_blocks(name, ttype)
+            w = read(name)
             if module is not None:
                 w = w + module.delta()
             _, g = archmod.hf_tensor_to_gguf(spec.name, name, w, cfg)
             return encode_tensor(np.ascontiguousarray(g), ttype)
+
+        def _row_blocks(name: str, ttype: Q) -> Iterator[np.ndarray]:
+            import torch
+
+            path = index[name]
+            if path not in handles:
+                handles[path] = safe_open(str(path), framework="pt")
+            sl = handles[path].get_slice(name)
+            rows, cols = shapes[name]
+            step = max(1, CHUNK_ELEMENTS // cols)
+            for r0 in range(0, rows, step):
+                yield encode_tensor(sl[r0:min(rows, r0 + step)].to(torch.float32).numpy(), ttype)
         plans.append(TensorPlan(gname, ne, ttype, produce))
     meta: dict[str, KVEntry] = {"general.architecture": kv(a), "general.type": kv("model")}
     meta.update(hparams_kv(cfg, a))

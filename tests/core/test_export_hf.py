@@ -56,3 +56,22 @@ def test_merged_export_runs_in_llama_cpp_like_pytorch(arch: str, tmp_path: Path)
     assert GgufFile(result.gguf_path).get("general.base_model.0.name")
     modelfile = result.modelfile_path.read_text(encoding="utf-8")
     assert f"FROM ./{result.gguf_path.name}" in modelfile and "PARAMETER stop" in modelfile
+
+
+def test_row_block_conversion_gives_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big tensors are converted in row blocks (bounded memory); force tiny blocks and compare bytes."""
+    from llamaforge_tui.core import export_hf, gguf_writer
+    from llamaforge_tui.core.export_merge import plan_gguf_merge
+
+    tm = session_factory().get("llama")
+    for label, chunk in (("whole", 1 << 30), ("blocks", 1000)):
+        monkeypatch.setattr(export_hf, "CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(gguf_writer, "CHUNK_ELEMENTS", chunk)
+        kvd, plans, close = plan_hf_export(tm.hf_dir, None, None, "q8_0")
+        write_gguf(tmp_path / f"hf-{label}.gguf", kvd, plans)
+        close()
+        with GgufFile(tm.gguf("Q4_K_M")) as src:
+            kvd, plans, _ = plan_gguf_merge(src, None, "f16")
+            write_gguf(tmp_path / f"gguf-{label}.gguf", kvd, plans)
+    for kind in ("hf", "gguf"):
+        assert (tmp_path / f"{kind}-whole.gguf").read_bytes() == (tmp_path / f"{kind}-blocks.gguf").read_bytes()
