@@ -37,7 +37,7 @@ class LossChart(PlotextPlot):
 
     zoom: reactive[int | None] = reactive(None)
 
-    def __init__(self, *, redraw_interval: float = 0.5, id: str | None = None) -> None:
+    def __init__(self, *, redraw_interval: float = 1.0, id: str | None = None) -> None:
         super().__init__(id=id)
         self.train_points: list[tuple[int, float]] = []
         self.eval_points: list[tuple[int, float]] = []

@@ -49,8 +49,8 @@ from llamaforge_tui.tui.widgets.runs_list import RunsList
 
 TrainFn = Callable[..., Any]  # core.trainer.run(config, emit, stop_event, *, resume_from, settings)
 STATE_CLASSES = tuple(f"-{status}" for status in STATUSES)
-# Twice a second is plenty for a run watched for hours, and keeps the UI's CPU away from training.
-REFRESH_SECONDS = 0.5
+# Once a second is plenty for a run watched for hours, and keeps the UI's CPU away from training.
+REFRESH_SECONDS = 1.0
 
 
 class TrainPane(Vertical):
