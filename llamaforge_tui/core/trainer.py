@@ -318,7 +318,8 @@ class TrainingRecipe:
             adapter = ckpt.write_final_adapter(self.run_dir, self.model)
         dist.barrier(self.dist)
         if stopped:
-            runs.clear_stop(self.run_dir) if self.dist.is_main else None
+            if self.dist.is_main:
+                runs.clear_stop(self.run_dir)
             self.say(f"stopped at step {self.step}/{self.total_steps}")
         self.emit(RunFinished(step=self.step, total_steps=self.total_steps, stopped=stopped,
                               final_loss=self.last_loss, adapter_path=str(adapter) if adapter else None,
