@@ -95,7 +95,7 @@ class RunFinished(Event):
 class RunFailed(Event):
     step: int
     reason: str
-    kind: str = "error"  # "oom", "nan", "error", "killed"
+    kind: str = "error"  # "oom", "nan", "error", "aborted"
     last_checkpoint: str | None = None
 
 

@@ -171,7 +171,7 @@ def _training_template(run: RunInfo, settings: Any) -> tuple[Any, Any]:
     if isinstance(bundle.chat_template, str) and not getattr(tok, "chat_template", None):
         tok.chat_template = bundle.chat_template
     return bundle, resolve_chat_template(tok, bundle.architecture or run.source.get("architecture"),
-                                         override=run.config.chat_template)
+                                         override=run.config.chat_template, ollama_template=bundle.ollama_template)
 
 
 def _modelfile_spec(run: RunInfo, settings: Any, bundle: Any, choice: Any, from_: str, adapter: str | None) -> Any:

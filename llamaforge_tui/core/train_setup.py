@@ -87,39 +87,19 @@ class ModelBundle:
     chat_template: Any  # str | None, or the SOURCES bundle
     architecture: str | None
     description: dict[str, Any]
+    ollama_template: str | None = None  # the Ollama model's TEMPLATE layer (Go), for chat_template = "ollama"
 
 
 def load_model(config: TrainConfig, settings: Settings, precision: Precision, device: torch.device) -> ModelBundle:
-    """Load the model through SOURCES (``core.loading``); an HF folder works without it."""
-    try:
-        from llamaforge_tui.core import loading
-    except ImportError:
-        return _load_hf_dir(config, precision, device)
+    """Load the model through the model-sources core (GGUF, Ollama, HF repo or folder)."""
+    from llamaforge_tui.core import loading
+
     loaded = loading.load_model(config.model, settings, weights=config.weights, dtype=precision.param_dtype,
                                 device=str(device))
     desc = loaded.description
     description = desc.to_dict() if hasattr(desc, "to_dict") else dict(desc)
     return ModelBundle(loaded.model, loaded.tokenizer, loaded.chat_template, description.get("architecture"),
-                       description)
-
-
-def _load_hf_dir(config: TrainConfig, precision: Precision, device: torch.device) -> ModelBundle:
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(config.model).expanduser()
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"cannot load {config.model}: only local Hugging Face folders are supported here")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=precision.torch_dtype(),
-                                                 trust_remote_code=False).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    arch = getattr(model.config, "model_type", None)
-    description = {"source": config.model, "kind": "hf-dir", "weights": "hf", "architecture": arch,
-                   "dtype": precision.param_dtype, "device": str(device), "gguf_path": None,
-                   "model_dir": str(path.resolve()), "parameter_count": sum(p.numel() for p in model.parameters()),
-                   "chat_template": getattr(tokenizer, "chat_template", None), "template_origin": "tokenizer"}
-    return ModelBundle(model, tokenizer, getattr(tokenizer, "chat_template", None), arch, description)
+                       description, getattr(loaded, "ollama_template", None))
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -137,7 +117,8 @@ def prepare_data(config: TrainConfig, bundle: ModelBundle) -> DataBundle:
     source: Any = tok
     if isinstance(bundle.chat_template, str) and not getattr(tok, "chat_template", None):
         tok.chat_template = bundle.chat_template
-    template = resolve_chat_template(source, bundle.architecture, override=config.chat_template)
+    template = resolve_chat_template(source, bundle.architecture, override=config.chat_template,
+                                     ollama_template=bundle.ollama_template)
     prepared = prepare_dataset(config.data, tok, template, max_seq_len=config.max_seq_len,
                                format=config.data_format, policy=config.data_policy,
                                eval_split=config.eval_split, seed=config.seed)
@@ -189,9 +170,11 @@ def _fp32() -> Any:
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total). The total counts quantized GGUF weights too, which are buffers, not parameters."""
+    from llamaforge_tui.core.quantized import logical_parameter_count
+
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
+    return trainable, int(logical_parameter_count(model))
 
 
 # -- optimizer and schedule -----------------------------------------------------------------------
