@@ -90,7 +90,9 @@ class LlamaForgeApp(App[int]):
         self._focus_pane(pane_id)
 
     def on_mount(self) -> None:
-        self.call_after_refresh(self._focus_pane, self.query_one("#panes", TabbedContent).active)
+        # The pane active *then*: a key pressed before the first refresh may already have switched panes.
+        tabs = self.query_one("#panes", TabbedContent)
+        self.call_after_refresh(lambda: self._focus_pane(tabs.active))
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id:

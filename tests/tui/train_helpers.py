@@ -30,7 +30,7 @@ async def wait_for_training(pilot: Pilot, app: App, timeout: float = 120.0) -> N
     def idle() -> bool:
         return not any(w.group == "training" and not w.is_finished for w in app.workers)
     await wait_for(pilot, idle, timeout, "the training worker to finish")
-    await pilot.pause(0.7)  # let the last posted events and the monitor's refresh timer (0.5 s) run
+    await pilot.pause(1.2)  # let the last posted events and the monitor's refresh timer (1 s) run
 
 
 def screen_text(app: App) -> str:
