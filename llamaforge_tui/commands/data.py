@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"tokens per example before truncation (default {DEFAULT_MAX_SEQ_LEN})")
     parser.add_argument("--policy", choices=POLICIES, default="skip",
                         help="skip bad records (default) or fail on them")
-    parser.add_argument("--template", metavar="NAME|FILE",
+    parser.add_argument("--template", "--chat-template", metavar="NAME|FILE",
                         help="chat template override: gemma, llama3, chatml, mistral, phi3, plain, ollama (the Ollama "
                              "model's own TEMPLATE layer), or a Jinja file")
     parser.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
