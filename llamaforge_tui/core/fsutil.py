@@ -41,13 +41,15 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def human_bytes(n: int | float | None) -> str:
-    """1536 -> '1.54 kB' (decimal units, as Ollama and the HF hub show sizes)."""
+def human_bytes(n: int | float | None, *, binary: bool = False, unknown: str = "N/A") -> str:
+    """1536 -> '1.54 kB' (decimal units, as Ollama and the HF hub show sizes); with ``binary``, '1.5 KiB'
+    (the units RAM and VRAM are sold in, used for memory estimates)."""
     if n is None:
-        return "N/A"
+        return unknown
     n = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} PB"  # pragma: no cover
+    base, units, digits = (1024, ("B", "KiB", "MiB", "GiB", "TiB"), 1) if binary else (1000, ("B", "kB", "MB", "GB", "TB"), 2)
+    for unit in units:
+        if abs(n) < base or unit == units[-1]:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{digits}f} {unit}"
+        n /= base
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.errors import LlamaForgeError
+from llamaforge_tui.core.fsutil import human_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -56,14 +57,7 @@ class MemoryEstimate:
 
 
 def fmt_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return human_bytes(n, binary=True, unknown="?")
 
 
 def free_memory(device: str | torch.device = "cpu") -> int | None:
