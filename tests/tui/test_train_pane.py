@@ -23,15 +23,9 @@ from llamaforge_tui.tui.widgets.log_panel import LogPanel
 from llamaforge_tui.tui.widgets.loss_chart import LossChart, visible
 from llamaforge_tui.tui.widgets.run_form import RunForm
 from llamaforge_tui.tui.widgets.train_pane import TrainPane
-from train_helpers import FakeTrainer, screen_text, wait_for, wait_for_training
+from train_helpers import FakeTrainer, screen_text, show_train, wait_for, wait_for_training
 
 SIZE = (140, 45)
-
-
-async def show_train(app, pilot) -> None:
-    """Switch to the Train tab (not by key: another pane's focused input may take the key)."""
-    app.action_show_pane("train")
-    await pilot.pause()
 
 
 def two_gpus() -> list[GpuSample]:

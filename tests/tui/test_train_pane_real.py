@@ -16,7 +16,7 @@ from llamaforge_tui.tui.widgets.loss_chart import LossChart
 from llamaforge_tui.tui.widgets.run_form import RunForm
 from llamaforge_tui.tui.widgets.train_pane import TrainPane
 from tests.fixtures.train_models import make_tiny_llama, write_qa_jsonl
-from train_helpers import screen_text, wait_for, wait_for_training
+from train_helpers import screen_text, show_train, wait_for, wait_for_training
 
 pytestmark = pytest.mark.slow
 SIZE = (140, 45)
@@ -46,8 +46,7 @@ def paced_trainer(seconds_per_step: float):
 
 
 async def start_from_form(app, pilot, model: Path, data: Path, steps: int) -> TrainPane:
-    app.action_show_pane("train")
-    await pilot.pause()
+    await show_train(app, pilot)
     form = app.query_one(RunForm)
     for name, value in (("model", str(model)), ("data", str(data)), ("max_steps", str(steps)),
                         ("batch_size", "2"), ("max_seq_len", "64"), ("save_every", "2"), ("learning_rate", "1e-3")):
@@ -73,7 +72,8 @@ async def test_real_run_updates_chart_and_counter_and_finishes(tiny: tuple[Path,
         assert [e.step for e in events if isinstance(e, StepLogged)] == [1, 2, 3, 4, 5, 6]
         finished = [e for e in events if isinstance(e, RunFinished)]
         assert finished and not finished[0].stopped and finished[0].step == 6
-        assert [p[0] for p in chart.train_points] == [1, 2, 3, 4, 5, 6] and chart.redraws > redraws
+        assert [p[0] for p in chart.train_points] == [1, 2, 3, 4, 5, 6]
+        await wait_for(pilot, lambda: chart.redraws > redraws, timeout=10, what="the chart redrawn with new points")
         assert pane.state.status == "finished"
         text = screen_text(app)
         assert "step 6/6" in text and ": finished" in text and "tok/s" in text

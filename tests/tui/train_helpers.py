@@ -33,6 +33,16 @@ async def wait_for_training(pilot: Pilot, app: App, timeout: float = 120.0) -> N
     await pilot.pause(1.2)  # let the last posted events and the monitor's refresh timer (1 s) run
 
 
+async def show_train(app: App, pilot: Pilot) -> None:
+    """Switch to the Train tab (not by key: another pane's focused input may take the key), once the app
+    has finished mounting (the app's focus hook queries the tab panes, which may not be there yet)."""
+    await wait_for(pilot, lambda: bool(app.query("#train-pane")) and app.query_one("#train-pane").is_mounted,
+                   what="the app mounted")
+    await pilot.pause()
+    app.action_show_pane("train")
+    await pilot.pause()
+
+
 def screen_text(app: App) -> str:
     """What the terminal shows, as plain text (for assertions and README captures)."""
     console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), force_terminal=True,
