@@ -286,8 +286,9 @@ async def test_attach_follows_an_events_file_written_from_another_thread(tmp_pat
         await wait_for(pilot, lambda: len(chart.train_points) == 30, what="the chart redrawn")
         assert [p[0] for p in chart.train_points] == list(range(1, 31))
         assert [p[0] for p in chart.eval_points] == [10, 20, 30]
-        text = screen_text(app)
-        assert "live-run: finished" in text and "step 30/30" in text and "eval loss" in text
+        await wait_for(pilot, lambda: all(part in screen_text(app) for part in
+                                          ("live-run: finished", "step 30/30", "eval loss")),
+                       what="the finished run on screen (title, counter, chart legend)")
         assert not app.query_one("#train-export", Button).has_class("-unavailable")
         assert pane.follow_worker is not None and pane.follow_worker.group == "monitor"
     thread.join(5)
@@ -345,6 +346,7 @@ async def test_runs_list_attaches_the_chosen_run(tmp_path: Path) -> None:
         pane = app.query_one(TrainPane)
         await wait_for(pilot, lambda: pane.state.status == "stopped", what="the run attached")
         assert pane.attached_dir == run_dir and [p[0] for p in pane.state.train_points] == [1, 2, 3]
+        assert app.query_one(RunForm).raw_value("model") == "hf:tiny/model"  # the run's config, in the form
         await wait_for(pilot, lambda: f"{run_dir.name}: stopped" in screen_text(app), what="the title")
         assert f"{run_dir.name}: stopped" in screen_text(app)
         assert not app.query_one("#train-resume", Button).has_class("-unavailable")

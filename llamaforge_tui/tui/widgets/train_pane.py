@@ -239,21 +239,12 @@ class TrainPane(Vertical):
         self.app.push_screen(ConfirmQuit(self.state.run_id or "starting"), answered)
         return True
 
-    @on(Button.Pressed, "#train-start")
-    def _start_pressed(self) -> None:
-        self.action_start()
-
-    @on(Button.Pressed, "#train-stop")
-    def _stop_pressed(self) -> None:
-        self.action_stop()
-
-    @on(Button.Pressed, "#train-resume")
-    def _resume_pressed(self) -> None:
-        self.action_resume()
-
-    @on(Button.Pressed, "#train-export")
-    def _export_pressed(self) -> None:
-        self.action_export()
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        action = {"train-start": self.action_start, "train-stop": self.action_stop,
+                  "train-resume": self.action_resume, "train-export": self.action_export}.get(event.button.id or "")
+        if action is not None:
+            event.stop()
+            action()
 
     @on(RunForm.Changed)
     def _form_changed(self) -> None:
@@ -321,6 +312,12 @@ class TrainPane(Vertical):
         self.state = RunState(run_dir=str(self.attached_dir), run_id=self.attached_dir.name)
         self._dirty = True
         self.query_one(LogPanel).clear()
+        config_file = self.attached_dir / "config.toml"
+        if config_file.is_file():  # show what the run was started with (and start a variant from there)
+            try:
+                self.query_one(RunForm).load_config(TrainConfig.from_file(config_file))
+            except LlamaForgeError as exc:
+                self.query_one(LogPanel).write_line(f"cannot read the run's config: {exc}")
         self.follow_worker = self._follow(self.attached_dir)
 
     def _stop_following(self) -> None:
@@ -353,6 +350,7 @@ class TrainPane(Vertical):
         if message.origin == "attached" and self.attached_dir is None:
             return  # a late batch from a follower we already stopped
         stopping = self.state.status == STOPPING
+        status_before, seen_before = self.state.status, self.state.events_seen
         panel = self.query_one(LogPanel)
         for event in message.events:
             self.state.apply(event)
@@ -376,6 +374,8 @@ class TrainPane(Vertical):
         elif message.trainer_alive and self.state.status == INTERRUPTED:
             self.state.status = RUNNING
         self._dirty = True
+        if self.state.status != status_before or (seen_before == 0 and message.events):
+            self._refresh_monitor()  # a new status, or an attached run's history: show it now, not at the tick
 
     def _refresh_monitor(self) -> None:
         if not self._dirty:
