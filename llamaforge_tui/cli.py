@@ -44,18 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(debug: bool, *, tui: bool) -> None:
+    """Headless commands log to stderr. The TUI owns the terminal, so it logs to a file instead (anything
+    written to stderr would land on top of the screen); the Train pane also shows records in its log panel."""
+    level = logging.DEBUG if debug else logging.WARNING
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if tui else "%(levelname)s %(name)s: %(message)s"
+    if tui:
+        from llamaforge_tui.core.settings import data_dir
+
+        try:
+            data_dir().mkdir(parents=True, exist_ok=True)
+            logging.basicConfig(level=level, format=fmt, filename=str(data_dir() / "llamaforge.log"))
+        except OSError:  # no writable data dir: drop records rather than write them over the screen
+            logging.getLogger().addHandler(logging.NullHandler())
+            logging.getLogger().setLevel(level)
+        return
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.debug)
+    _configure_logging(args.debug, tui=args.command in (None, "monitor"))
     try:
         if args.command is None:
             from llamaforge_tui.commands.tui import open_tui

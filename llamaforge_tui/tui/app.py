@@ -86,7 +86,8 @@ class LlamaForgeApp(App[int]):
         self.exit()
 
     def action_show_pane(self, pane_id: str) -> None:
-        self.query_one("#panes", TabbedContent).active = pane_id
+        # The panes live on the base screen, whatever modal is on top of it.
+        self.screen_stack[0].query_one("#panes", TabbedContent).active = pane_id
         self._focus_pane(pane_id)
 
     def on_mount(self) -> None:
@@ -101,11 +102,13 @@ class LlamaForgeApp(App[int]):
     def _focus_pane(self, pane_id: str) -> None:
         """Put the keyboard in the pane's main widget (arrow keys then move in its table, not the tabs).
         A pane opts in by defining ``focus_default()``."""
-        for child in self.query_one(f"#{pane_id}", TabPane).children:
-            focus_default = getattr(child, "focus_default", None)
-            if callable(focus_default):
-                focus_default()
-                return
+        # query (not query_one): a tab can activate before its pane is mounted, and a modal may be on top.
+        for pane in self.screen_stack[0].query(f"#{pane_id}").results(TabPane):
+            for child in pane.children:
+                focus_default = getattr(child, "focus_default", None)
+                if callable(focus_default):
+                    focus_default()
+                    return
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker failures surface: a notification naming the job and the error."""

@@ -85,3 +85,26 @@ async def test_finished_download_rescans_the_models_pane(monkeypatch: pytest.Mon
         cache_pane.post_message(CachePane.DownloadFinished("acme/tiny", Path("/tmp/snap")))
         await pilot.pause()
         assert rescans == ["rescan"]
+
+
+def test_the_tui_logs_to_a_file_not_over_the_screen(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    import logging
+
+    from llamaforge_tui import cli
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    monkeypatch.setenv("LLAMAFORGE_DATA_DIR", str(tmp_path))
+    root.handlers.clear()
+    try:
+        cli._configure_logging(False, tui=True)
+        logging.getLogger("llamaforge_tui.test").warning("a warning while the UI runs")
+        assert not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                       for h in root.handlers)
+        for h in root.handlers:
+            h.flush()
+        assert "a warning while the UI runs" in (tmp_path / "llamaforge.log").read_text()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:] = saved
