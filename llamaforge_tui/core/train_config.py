@@ -24,6 +24,16 @@ else:  # pragma: no cover
 SCHEDULERS = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WEIGHTS = ("gguf", "hf", "gguf-quantized")
+# What each weight source means for the user, shown beside the choice in the Train pane.
+WEIGHT_TRADEOFFS = {
+    "gguf": "Dequantizes your local GGUF: nothing is downloaded and your own model is trained. A Q4 file is lossy, "
+            "so the adapter learns on those (dequantized Q4) weights.",
+    "hf": "The mapped Hugging Face base in full precision (the original weights): downloaded once into the HF "
+          "cache. Best fidelity; the adapter may differ slightly from your quantized Ollama model.",
+    "gguf-quantized": "LoRA on the GGUF's quantized blocks, dequantized on the fly: about a quarter of the memory "
+                      "of 'gguf', somewhat slower. Export as an adapter for the unchanged model (most faithful), "
+                      "or merge and requantize (a second round of quantization noise).",
+}
 POLICIES = ("skip", "strict")
 # Modules LoRA must never wrap: the vocabulary-sized matrices would cost more than the whole adapter.
 FORBIDDEN_TARGETS = frozenset({"embed_tokens", "lm_head", "wte", "wpe", "embed_out", "output"})

@@ -106,3 +106,24 @@ async def test_train_pane_export_request_opens_the_screen(tmp_path: Path) -> Non
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, ExportScreen)
+
+
+async def test_a_gguf_quantized_run_explains_adapter_versus_merge(tmp_path: Path) -> None:
+    import json
+
+    quantized, dequantized = tmp_path / "q", tmp_path / "d"
+    for folder, weights in ((quantized, "gguf-quantized"), (dequantized, "gguf")):
+        folder.mkdir()
+        (folder / "source.json").write_text(json.dumps({"weights": weights}))
+    app = make_app(Settings(), Services(extra={"export_run": FakeExport()}))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.push_screen(ExportScreen(quantized))
+        await pilot.pause()
+        note = app.screen.query_one("#export-quantized-note", Static)
+        assert note.display and "unchanged Ollama model" in str(note.render())
+        assert app.screen.query_one("#export-adapter", Checkbox).value is True
+        app.pop_screen()
+        app.push_screen(ExportScreen(dequantized))
+        await pilot.pause()
+        assert not app.screen.query_one("#export-quantized-note", Static).display
+        assert app.screen.query_one("#export-adapter", Checkbox).value is False

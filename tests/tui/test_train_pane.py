@@ -192,6 +192,23 @@ async def test_form_validates_each_field_and_refuses_a_bad_start(tmp_path: Path)
         assert form.config().lora_r == 8
 
 
+async def test_weights_choice_states_its_trade_off(tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    app = make_train_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await show_train(app, pilot)
+        form = app.query_one(RunForm)
+        hint = app.query_one("#hint-weights", Static)
+        assert "Q4 file is lossy" in str(hint.render())
+        form.set_value("weights", "gguf-quantized")
+        await pilot.pause()
+        assert "adapter for the unchanged model" in str(hint.render())
+        form.set_value("weights", "hf")
+        await pilot.pause()
+        assert "downloaded once" in str(hint.render())
+
+
 async def test_config_save_and_load_use_the_cli_format(tmp_path: Path) -> None:
     app = make_train_app()
     async with app.run_test(size=SIZE) as pilot:

@@ -26,6 +26,12 @@ from llamaforge_tui.core.export import EXPORT_TYPES, ExportOptions, ExportProgre
 from llamaforge_tui.core.verify import Verification, has_llama_cpp
 
 COMPARE_CHOICES = ("f16", "q8_0", "hybrid", "adapter", "q4_k_m")
+QUANTIZED_RUN_NOTE = (
+    "This run trained on the quantized GGUF (gguf-quantized). The adapter GGUF applies your fine-tune to the "
+    "unchanged Ollama model: a few MB, and exactly what was trained. A merged export dequantizes the base, adds "
+    "the LoRA and quantizes again: one file that works on every Ollama version, at the cost of a second round of "
+    "quantization noise (use Compare to see the KL of each)."
+)
 
 
 def _fmt_kl(value: float) -> str:
@@ -110,6 +116,7 @@ class ExportScreen(Screen[None]):
             yield Static(Text("For 4-bit results prefer the adapter or hybrid: requantizing the merge wipes much "
                               "of a small fine-tune. Ollama's ADAPTER support varies; the merged GGUF is the "
                               "safe default."), id="export-hint", markup=False)
+            yield Static(Text(QUANTIZED_RUN_NOTE), id="export-quantized-note", markup=False)
             yield ProgressBar(total=100, show_eta=False, id="export-progress")
             yield Static("", id="export-status", markup=False)
             yield DataTable(id="export-verification", cursor_type="row")
@@ -118,6 +125,12 @@ class ExportScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        from llamaforge_tui.core.runs import read_source
+
+        quantized = read_source(self.run_dir).get("weights") == "gguf-quantized"
+        self.query_one("#export-quantized-note", Static).display = quantized
+        if quantized:  # the faithful choice for such a run
+            self.query_one("#export-adapter", Checkbox).value = True
         table = self.query_one("#export-verification", DataTable)
         table.add_columns("choice", "top-1", "mean KL", "max KL", "positions", "result")
         self.query_one("#export-start", Button).focus()

@@ -23,7 +23,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.train_config import SCHEDULERS, WEIGHTS, TrainConfig
+from llamaforge_tui.core.train_config import SCHEDULERS, WEIGHT_TRADEOFFS, WEIGHTS, TrainConfig
 
 # (field name, label, help shown as the placeholder). Order is the form's order.
 FIELDS: tuple[tuple[str, str, str], ...] = (
@@ -132,6 +132,9 @@ class RunForm(VerticalScroll):
                         yield Input(_text_of(getattr(self.base, name)), placeholder=placeholder,
                                     id=f"in-{name}", classes="form-input")
                 yield Static("", classes="form-error", id=f"err-{name}", markup=False)
+                if name == "weights":
+                    yield Static(WEIGHT_TRADEOFFS[self.base.weights], classes="form-hint", id="hint-weights",
+                                 markup=False)
 
     # -- values ------------------------------------------------------------------------------------
     def raw_value(self, name: str) -> str:
@@ -211,6 +214,8 @@ class RunForm(VerticalScroll):
         self._changed(event.input.id)
 
     def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "in-weights":
+            self.query_one("#hint-weights", Static).update(WEIGHT_TRADEOFFS.get(str(event.value), ""))
         self._changed(event.select.id)
 
     def _changed(self, widget_id: str | None) -> None:
