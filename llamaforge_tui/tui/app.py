@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
@@ -24,6 +26,8 @@ from llamaforge_tui.tui.widgets.cache_pane import CachePane
 from llamaforge_tui.tui.widgets.dataset_pane import DatasetPane
 from llamaforge_tui.tui.widgets.models_pane import ModelsPane
 from llamaforge_tui.tui.widgets.train_pane import TrainPane
+
+WidgetT = TypeVar("WidgetT", bound=Widget)
 
 PANES: tuple[tuple[str, str, str], ...] = (
     # (tab id, title, key)
@@ -86,9 +90,10 @@ class LlamaForgeApp(App[int]):
         self.exit()
 
     def action_show_pane(self, pane_id: str) -> None:
-        # The panes live on the base screen, whatever modal is on top of it.
-        self.screen_stack[0].query_one("#panes", TabbedContent).active = pane_id
-        self._focus_pane(pane_id)
+        tabs = self._query_base("#panes", TabbedContent)
+        if tabs is not None:
+            tabs.active = pane_id
+            self._focus_pane(pane_id)
 
     def on_mount(self) -> None:
         # The pane active *then*: a key pressed before the first refresh may already have switched panes.
@@ -102,13 +107,20 @@ class LlamaForgeApp(App[int]):
     def _focus_pane(self, pane_id: str) -> None:
         """Put the keyboard in the pane's main widget (arrow keys then move in its table, not the tabs).
         A pane opts in by defining ``focus_default()``."""
-        # query (not query_one): a tab can activate before its pane is mounted, and a modal may be on top.
-        for pane in self.screen_stack[0].query(f"#{pane_id}").results(TabPane):
-            for child in pane.children:
-                focus_default = getattr(child, "focus_default", None)
-                if callable(focus_default):
-                    focus_default()
-                    return
+        pane = self._query_base(f"#{pane_id}", TabPane)
+        for child in pane.children if pane is not None else ():
+            focus_default = getattr(child, "focus_default", None)
+            if callable(focus_default):
+                focus_default()
+                return
+
+    def _query_base(self, selector: str, expect_type: type[WidgetT]) -> WidgetT | None:
+        """A widget of the main screen, or None while it is not there: a modal is on top, or the app is
+        starting or shutting down (tab events also fire then)."""
+        try:
+            return self.query_one(selector, expect_type)
+        except (NoMatches, ScreenStackError):
+            return None
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker failures surface: a notification naming the job and the error."""
