@@ -25,6 +25,7 @@ from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.widgets.cache_pane import CachePane
 from llamaforge_tui.tui.widgets.dataset_pane import DatasetPane
 from llamaforge_tui.tui.widgets.models_pane import ModelsPane
+from llamaforge_tui.tui.widgets.panes import Panes
 from llamaforge_tui.tui.widgets.train_pane import TrainPane
 
 WidgetT = TypeVar("WidgetT", bound=Widget)
@@ -69,10 +70,12 @@ class LlamaForgeApp(App[int]):
         self.settings = settings
         self.services = services or Services()
         self.monitor_run = monitor_run
+        self._panes_ready = False
+        self._pending_pane: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with TabbedContent(initial="train" if self.monitor_run else "models", id="panes"):
+        with Panes(initial="train" if self.monitor_run else "models", id="panes"):
             with TabPane("Models [1]", id="models"):
                 yield ModelsPane(id="models-pane")
             with TabPane("HF cache [2]", id="cache"):
@@ -90,28 +93,50 @@ class LlamaForgeApp(App[int]):
         self.exit()
 
     def action_show_pane(self, pane_id: str) -> None:
+        if not self._panes_ready:
+            # Before the first frame the tabs are still activating their first pane; a switch now would be
+            # undone by that late activation. It is applied in ``on_ready``.
+            self._pending_pane = pane_id
+            return
         tabs = self._query_base("#panes", TabbedContent)
         if tabs is not None:
             tabs.active = pane_id
             self._focus_pane(pane_id)
 
-    def on_mount(self) -> None:
-        # The pane active *then*: a key pressed before the first refresh may already have switched panes.
+    def on_ready(self) -> None:
+        """The first frame is up and the tabs have settled: show the pane asked for meanwhile (or the initial
+        one) with the keyboard in it."""
+        self._panes_ready = True
         tabs = self.query_one("#panes", TabbedContent)
-        self.call_after_refresh(lambda: self._focus_pane(tabs.active))
+        self.action_show_pane(self._pending_pane or tabs.active)
+        self._pending_pane = None
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        if event.pane.id:
+        # Only for the pane still active when the event arrives. TabbedContent also activates the pane that
+        # takes focus, so acting on a stale event (a tab switch right after start, say) would focus the old
+        # pane, re-activate it, and two panes would hand the focus back and forth for ever, a busy loop.
+        if event.pane.id and event.tabbed_content.active == event.pane.id:
             self._focus_pane(event.pane.id)
 
     def _focus_pane(self, pane_id: str) -> None:
         """Put the keyboard in the pane's main widget (arrow keys then move in its table, not the tabs).
-        A pane opts in by defining ``focus_default()``."""
+        A pane opts in by defining ``focus_target()``.
+
+        The focus lands after the messages already queued, and only if ``pane_id`` is still the active pane
+        then: TabbedContent activates whichever pane holds the focus, so a late focus for a pane the user
+        has left would switch back to it (and, with a second pane doing the same, loop for ever)."""
+        self.call_later(self._land_focus, pane_id)
+
+    def _land_focus(self, pane_id: str) -> None:
+        tabs = self._query_base("#panes", TabbedContent)
         pane = self._query_base(f"#{pane_id}", TabPane)
-        for child in pane.children if pane is not None else ():
-            focus_default = getattr(child, "focus_default", None)
-            if callable(focus_default):
-                focus_default()
+        if tabs is None or pane is None or tabs.active != pane_id:
+            return
+        for child in pane.children:
+            focus_target = getattr(child, "focus_target", None)
+            if callable(focus_target):
+                target = focus_target()
+                target.screen.set_focus(target)
                 return
 
     def _query_base(self, selector: str, expect_type: type[WidgetT]) -> WidgetT | None:

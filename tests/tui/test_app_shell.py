@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from textual.filter import Monochrome, NoColor
-from textual.widgets import DataTable, TabbedContent
+from textual.widgets import Button, DataTable, TabbedContent, TabPane
 
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.settings import Settings
@@ -20,6 +20,35 @@ async def test_single_keys_switch_panes() -> None:
             await pilot.press(key)
             assert tabs.active == pane
         assert app.focused is app.query_one("#models-table", DataTable)  # back on Models: keys go to its table
+
+
+@pytest.mark.parametrize("attempt", range(8))  # the loop this guards against was a race: try it a few times
+async def test_switching_pane_at_start_settles_without_a_focus_loop(attempt: int) -> None:
+    """A pane switch in the app's first moments used to leave stale focus and tab messages behind that
+    re-activated the old pane; two panes then passed the focus back and forth for ever (a busy UI thread)."""
+    app = make_app(Settings())
+    async with app.run_test(size=(120, 40)) as pilot:
+        changes: list = []
+        app.watch(app.screen, "focused", lambda widget: changes.append(widget), init=False)
+        app.action_show_pane("train")
+        await pilot.pause(0.5)
+        settled = len(changes)
+        await pilot.pause(1.0)
+        assert changes[settled:] == [], "focus still moving a second after the switch"
+        assert app.query_one("#panes", TabbedContent).active == "train"
+        assert app.focused is app.query_one("#train-start", Button)
+
+
+async def test_a_stale_focus_message_does_not_switch_panes_back() -> None:
+    app = make_app(Settings())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("4")
+        tabs = app.query_one("#panes", TabbedContent)
+        models = app.query_one("#models", TabPane)
+        models.post_message(TabPane.Focused(models))  # as if queued before the switch: models holds no focus now
+        await pilot.pause(0.3)
+        assert tabs.active == "train"
+        assert app.focused is app.query_one("#train-start", Button)
 
 
 async def test_footer_bindings_and_palette_commands() -> None:

@@ -17,6 +17,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.widget import Widget
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Static
@@ -123,9 +124,9 @@ class CachePane(Vertical):
         self._build_columns()
         self.action_refresh()
 
-    def focus_default(self) -> None:
-        """Called by the app when this pane is shown: arrow keys move in the repo table."""
-        self.query_one("#cache-table", DataTable).focus()
+    def focus_target(self) -> Widget:
+        """Where the app puts the keyboard when this pane is shown: arrow keys move in the repo table."""
+        return self.query_one("#cache-table", DataTable)
 
     @property
     def settings(self) -> Any:

@@ -15,6 +15,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.widget import Widget
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.message import Message
@@ -130,10 +131,10 @@ class DatasetPane(Vertical):
         self.query_one("#dataset-progress", ProgressBar).display = False
         self.watch(self.app, "selected_model", self._selected_model_changed, init=True)
 
-    def focus_default(self) -> None:
-        """Called by the app when the pane is shown. The records table, not an input, so the number keys
-        still switch panes; ``o`` jumps to the path input."""
-        self.query_one("#dataset-records", DataTable).focus()
+    def focus_target(self) -> Widget:
+        """Where the app puts the keyboard when the pane is shown. The records table, not an input, so the
+        number keys still switch panes; ``o`` jumps to the path input."""
+        return self.query_one("#dataset-records", DataTable)
 
     def action_open(self) -> None:
         self.query_one("#dataset-path", Input).focus()

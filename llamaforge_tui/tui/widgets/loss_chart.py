@@ -42,6 +42,7 @@ class LossChart(PlotextPlot):
         self.train_points: list[tuple[int, float]] = []
         self.eval_points: list[tuple[int, float]] = []
         self.redraws = 0
+        self.drawn_step = 0
         self._dirty = True
         self._redraw_interval = redraw_interval
 
@@ -79,6 +80,7 @@ class LossChart(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         last = self.last_step
+        self.drawn_step = last
         train = visible(self.train_points, self.zoom, last)
         evals = visible(self.eval_points, self.zoom, last)
         if train:

@@ -14,6 +14,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.widget import Widget
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Input, Static
@@ -187,8 +188,9 @@ class ModelsPane(Vertical):
     def on_resize(self) -> None:
         self.set_class(self.size.width < NARROW_WIDTH, "-narrow")
 
-    def focus_default(self) -> None:
-        self.query_one("#models-table", DataTable).focus()
+    def focus_target(self) -> Widget:
+        """Where the app puts the keyboard when the pane is shown."""
+        return self.query_one("#models-table", DataTable)
 
     # -- scanning ---------------------------------------------------------------------------------------
     def start_scan(self) -> None:

@@ -21,6 +21,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.widget import Widget
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Static, TabbedContent, TabPane
@@ -33,6 +34,7 @@ from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges
 from llamaforge_tui.tui.widgets.log_panel import LogPanel, PanelLogHandler
 from llamaforge_tui.tui.widgets.loss_chart import LossChart
 from llamaforge_tui.tui.widgets.run_form import ConfigFileBar, RunForm
+from llamaforge_tui.tui.widgets.panes import Panes
 from llamaforge_tui.tui.widgets.run_plan import RunPlan
 from llamaforge_tui.tui.widgets.run_state import (
     ENDED,
@@ -96,7 +98,7 @@ class TrainPane(Vertical):
         services = getattr(self.app, "services", None)
         with Horizontal(id="train-body"):
             with Vertical(id="train-side"):
-                with TabbedContent(id="train-side-tabs"):
+                with Panes(id="train-side-tabs"):
                     with TabPane("Config", id="train-config-tab"):
                         yield RunForm(id="run-form")
                         yield ConfigFileBar(id="config-file-row")
@@ -127,10 +129,10 @@ class TrainPane(Vertical):
         if self.monitor_run is not None:
             self.attach(self.monitor_run)
 
-    def focus_default(self) -> None:
-        """Where the keyboard lands when the pane is shown (the app calls this): the Train button, so the
-        pane's keys (t, s, r, e, z) act at once instead of typing into a form field."""
-        self.query_one("#train-start", Button).focus()
+    def focus_target(self) -> Widget:
+        """Where the app puts the keyboard when the pane is shown: the Train button, so the pane's keys
+        (t, s, r, e, z) act at once instead of typing into a form field."""
+        return self.query_one("#train-start", Button)
 
     def on_unmount(self) -> None:
         if self._log_handler is not None:
@@ -214,7 +216,7 @@ class TrainPane(Vertical):
 
     def action_leave_form(self) -> None:
         """Esc in a form field: back to the buttons, where t/s/r/e act again."""
-        self.focus_default()
+        self.focus_target().focus()
 
     def action_zoom(self) -> None:
         self.query_one(LossChart).action_cycle_zoom()
