@@ -4,6 +4,7 @@ gauges (fake NVML data and the real no-GPU path), the form, the log panel, and a
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from llamaforge_tui.tui.app import Services, make_app
 from llamaforge_tui.tui.screens.confirm_quit import ConfirmQuit
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges, GpuRow, bar_text
 from llamaforge_tui.tui.widgets.log_panel import LogPanel
-from llamaforge_tui.tui.widgets.loss_chart import LossChart, visible
+from llamaforge_tui.tui.widgets.loss_chart import RENDER_BUDGET, LossChart, downsample, visible
 from llamaforge_tui.tui.widgets.run_form import RunForm
 from llamaforge_tui.tui.widgets.train_pane import TrainPane
 from train_helpers import FakeTrainer, screen_text, show_train, wait_for, wait_for_training
@@ -402,3 +403,42 @@ async def test_loss_chart_zooms_to_the_last_steps() -> None:
         for _ in range(3):
             await pilot.press("z")
         assert chart.zoom is None
+
+
+def test_downsample_averages_runs_of_points_in_order() -> None:
+    points = [(i, float(i % 2)) for i in range(1, 1001)]  # a loss that alternates 0, 1
+    out = downsample(points, 100)
+    assert len(out) == 100
+    assert [p[0] for p in out] == sorted(p[0] for p in out) and out[0][0] <= 10 and out[-1][0] >= 990
+    assert all(abs(p[1] - 0.5) < 1e-9 for p in out)  # each run of 10 averages to 0.5
+    assert downsample(points[:50], 100) == points[:50]  # fewer points than columns: unchanged
+    assert downsample(points, 0) == points  # no width known yet: all of them
+
+
+async def test_long_history_is_drawn_downsampled_with_the_true_latest_value() -> None:
+    app = make_train_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await show_train(app, pilot)
+        chart = app.query_one(LossChart)
+        chart.set_points([(i, 5.0 / i) for i in range(1, 20001)] + [(20001, 0.1234)], [])
+        await wait_for(pilot, lambda: chart.drawn_step == 20001, what="the long history drawn")
+        await wait_for(pilot, lambda: "latest 0.1234" in screen_text(app), what="the latest loss in the title")
+        ticks = [float(t) for t in re.findall(r"\b\d+\.\d\b", screen_text(app))]
+        assert ticks and max(ticks) > 19_000  # the x axis reaches the end of the run
+        # Drawing 20k points' worth stays cheap, and the redraw interval keeps the chart inside its budget.
+        assert chart.redraw_interval >= chart.render_seconds / RENDER_BUDGET
+
+
+async def test_chart_redraws_are_spaced_by_their_cost() -> None:
+    app = make_train_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await show_train(app, pilot)
+        chart = app.query_one(LossChart)
+        chart.render_seconds = 0.1  # as if a draw took 100 ms: 5 s between redraws at a 2% budget
+        assert chart.redraw_interval == pytest.approx(0.1 / RENDER_BUDGET)
+        chart.set_points([(1, 2.0)], [])
+        drawn = chart.redraws
+        chart.render_seconds = 0.1
+        chart.set_points([(1, 2.0), (2, 1.5)], [])  # too soon after the last draw: only marked dirty
+        await pilot.pause(1.2)
+        assert chart.redraws == drawn and chart.drawn_step <= 1

@@ -64,8 +64,12 @@ def _used_total(used: int | None, total: int | None) -> str:
 class Gauge(Label):
     """One labelled value whose colour follows its level."""
 
+    _text: str | None = None
+
     def set_value(self, text: str, level: Level) -> None:
-        self.update(Text(text), layout=False)  # gauges have fixed widths (app.tcss): no layout pass per sample
+        if text != self._text:  # an update repaints even when nothing changed
+            self._text = text
+            self.update(Text(text), layout=False)  # gauges have fixed widths (app.tcss): no layout pass
         wanted = f"-{level.value}"
         if not self.has_class(wanted):  # a class change restyles (and may re-lay out): only on a new level
             self.remove_class(*LEVEL_CLASSES)
@@ -174,7 +178,7 @@ class GpuGauges(Vertical):
                 break
 
     def on_gpu_gauges_sampled(self, message: Sampled) -> None:
-        message.stop()
+        # Not stopped: it bubbles on, so the Train pane can refresh its own widgets in the same frame.
         self.show(message.gpus, message.host)
 
     def show(self, gpus: GpuResult, host: HostSample) -> None:

@@ -3,7 +3,9 @@
 Everything the monitor shows is folded from training events (``RunState``), whether they come from a
 run in this process (the worker posts each event as a message, never coalesced: every step is a point
 on the loss curve) or from a run folder's ``events.jsonl`` (attach mode, a follower thread). Widgets
-are redrawn by a timer a few times a second, not once per event, so a fast run cannot flood the UI.
+are redrawn once a second, not once per event, so a fast run cannot flood the UI: the refresh follows the
+gauges' system sample, so the stats, the chart and the gauges change in one frame (one screen update a
+second while training; a timer takes over if samples stop).
 
 A run is stopped by setting its worker's ``cancelled_event``, which the core trainer polls between
 steps; the worker itself is never cancelled, so the run writes its checkpoint and the worker ends
@@ -13,6 +15,7 @@ normally. App shutdown cancels workers, which sets the same event: the run still
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,6 +94,8 @@ class TrainPane(Vertical):
         self.attached_dir: Path | None = None
         self.quit_after_stop = False
         self._dirty = True
+        self._last_refresh = 0.0
+        self._shown_text: dict[str, str] = {}
         self._log_handler: PanelLogHandler | None = None
 
     # -- layout ----------------------------------------------------------------------------------
@@ -122,7 +127,7 @@ class TrainPane(Vertical):
     def on_mount(self) -> None:
         self._log_handler = PanelLogHandler(self.query_one(LogPanel))
         logging.getLogger("llamaforge_tui").addHandler(self._log_handler)
-        self.set_interval(REFRESH_SECONDS, self._refresh_monitor, name="train-monitor-refresh")
+        self.set_interval(REFRESH_SECONDS, self._refresh_if_stale, name="train-monitor-refresh")
         self.watch(self.app, "selected_model", self._prefill_model)
         self.watch(self.app, "selected_dataset", self._prefill_dataset)
         self._refresh_monitor()
@@ -379,7 +384,24 @@ class TrainPane(Vertical):
         if self.state.status != status_before or (seen_before == 0 and message.events):
             self._refresh_monitor()  # a new status, or an attached run's history: show it now, not at the tick
 
+    def on_gpu_gauges_sampled(self, message: GpuGauges.Sampled) -> None:
+        """The gauges just drew a sample: refresh the rest now, so it all lands in the same frame."""
+        message.stop()
+        self._refresh_monitor()
+
+    def _refresh_if_stale(self) -> None:
+        """The fallback tick, for when no samples arrive (a sampler that failed or hangs)."""
+        if time.monotonic() - self._last_refresh >= 1.5 * REFRESH_SECONDS:
+            self._refresh_monitor()
+
+    def _set_text(self, selector: str, text: str) -> None:
+        """Update a Static only when its text changed: every update repaints it."""
+        if self._shown_text.get(selector) != text:
+            self._shown_text[selector] = text
+            self.query_one(selector, Static).update(Text(text), layout=False)  # fixed size: no layout pass
+
     def _refresh_monitor(self) -> None:
+        self._last_refresh = time.monotonic()
         if not self._dirty:
             return
         self._dirty = False
@@ -400,12 +422,12 @@ class TrainPane(Vertical):
                 title += f" - {state.failed.reason}"
         elif state.status == STOPPING and state.run_id:
             title = f"{state.run_id}: {title}"
-        title_widget.update(Text(title), layout=False)  # fixed-size widgets: no layout pass per refresh
+        self._set_text("#run-title", title)
         # A text bar, not Textual's ProgressBar: its labels re-lay out the whole screen at every update,
         # which on a CPU busy training took a noticeable share of the CPU from the run.
-        progress = self.query_one("#run-progress", Static)
-        progress.update(Text(progress_line(state, self.run_active, progress.size.width)), layout=False)
-        self.query_one("#run-stats", Static).update(Text(stats_line(state)), layout=False)
+        width = self.query_one("#run-progress", Static).size.width
+        self._set_text("#run-progress", progress_line(state, self.run_active, width))
+        self._set_text("#run-stats", stats_line(state))
         self.query_one(LossChart).set_points(state.train_points, state.eval_points)
         # Dimmed, not disabled: disabling the focused button would throw focus into the form, where the
         # next key (s, r, t) would be typed into a field instead of acting.
