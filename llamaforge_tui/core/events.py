@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,3 +180,54 @@ class EventReader:
 
 def read_events(run_dir: Path | str) -> list[Event]:
     return EventReader(run_dir).poll()
+
+
+class BatchingEmit:
+    """An ``emit`` that hands events on in batches: a consumer on another thread (a UI) gets at most one
+    wake-up per ``interval`` from a fast run, instead of one per step.
+
+    Steps and log lines wait in a buffer until ``interval`` has passed since the last batch; any other
+    event (start, eval, checkpoint, end, failure) sends the buffer at once, itself included. Nothing is
+    dropped or reordered. A run slower than one step per ``interval`` sends every step as it comes. A timer
+    thread sends a buffer nobody else has sent within ``interval`` (the last steps before a long eval or
+    checkpoint write still show at once); ``send`` may therefore be called from that thread too, always
+    under one lock, so batches go out one at a time and in order. Call ``flush()`` when the run returns or
+    raises, for whatever is still buffered.
+    """
+
+    BUFFERED: ClassVar[tuple[type[Event], ...]] = (StepLogged, LogLine)
+
+    def __init__(self, send: Callable[[list[Event]], None], interval: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic, *, timer: bool = True) -> None:
+        self._send = send
+        self._interval = interval
+        self._clock = clock
+        self._use_timer = timer
+        self._buffer: list[Event] = []
+        self._last_sent = float("-inf")
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self._buffer.append(event)
+            now = self._clock()
+            if not isinstance(event, self.BUFFERED) or now - self._last_sent >= self._interval:
+                self._send_locked(now)
+            elif self._use_timer and self._timer is None:
+                self._timer = threading.Timer(max(0.0, self._interval - (now - self._last_sent)), self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._buffer:
+                self._send_locked(self._clock())
+
+    def _send_locked(self, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()  # a no-op when it is the timer's own thread sending
+            self._timer = None
+        batch, self._buffer = self._buffer, []
+        self._last_sent = now
+        self._send(batch)

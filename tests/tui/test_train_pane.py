@@ -95,8 +95,8 @@ def test_bar_text() -> None:
 
 
 async def test_start_while_running_is_refused_then_stop_and_resume(tmp_path: Path) -> None:
-    gate = threading.Event()
-    trainer = FakeTrainer(total=10, gate=gate, checkpoint_seconds=2.0, run_dir=tmp_path / "fake-run")
+    allow = threading.Semaphore(0)
+    trainer = FakeTrainer(total=10, allow=allow, checkpoint_seconds=2.0, run_dir=tmp_path / "fake-run")
     app = make_train_app(trainer)
     async with app.run_test(size=SIZE) as pilot:
         await show_train(app, pilot)
@@ -106,9 +106,9 @@ async def test_start_while_running_is_refused_then_stop_and_resume(tmp_path: Pat
         await pilot.press("t")
         await wait_for(pilot, trainer.running.is_set, what="the run to start")
         worker = pane.train_worker
-        gate.set()
-        await wait_for(pilot, lambda: pane.state.step >= 2, what="a few steps")
-        gate.clear()
+        for _ in range(2):
+            allow.release()  # two steps, then the run waits (active) for more
+        await wait_for(pilot, lambda: pane.state.step == 2, what="two steps")
         await pilot.press("t")  # second start: refused, the run goes on
         await pilot.pause(0.1)
         assert pane.train_worker is worker and pane.run_active and len(trainer.calls) == 1
@@ -121,7 +121,8 @@ async def test_start_while_running_is_refused_then_stop_and_resume(tmp_path: Pat
         assert "fake-run: stopped" in str(app.query_one("#run-title", Static).render())
         assert not app.query_one("#train-resume", Button).has_class("-unavailable")
         steps_before = pane.state.step
-        gate.set()
+        for _ in range(20):
+            allow.release()
         await pilot.press("r")
         await wait_for_training(pilot, app)
         assert trainer.calls[1]["resume_from"] == tmp_path / "fake-run"

@@ -54,12 +54,15 @@ def screen_text(app: App) -> str:
 class FakeTrainer:
     """A stand-in for ``core.trainer.run`` that emits real event objects on a schedule.
 
-    ``gate``: when set, each step waits for it (so a test can hold a run "active"). ``calls`` records
+    ``gate``: when set, each step waits for it (so a test can hold a run "active"). ``allow``: a semaphore,
+    one permit per step (so a test can let exactly N steps run, then hold the run). ``calls`` records
     each call's ``resume_from``, ``stop_event`` and the thread it ran on.
     """
 
     def __init__(self, total: int = 10, step_seconds: float = 0.01, gate: threading.Event | None = None,
-                 checkpoint_seconds: float = 0.2, run_dir: Path | None = None) -> None:
+                 checkpoint_seconds: float = 0.2, run_dir: Path | None = None,
+                 allow: threading.Semaphore | None = None) -> None:
+        self.allow = allow
         self.run_dir = run_dir
         self.total = total
         self.checkpoint_seconds = checkpoint_seconds
@@ -83,6 +86,9 @@ class FakeTrainer:
         try:
             for step in range(start + 1, self.total + 1):
                 while self.gate is not None and not self.gate.wait(0.02):
+                    if stop_event.is_set():
+                        break
+                while self.allow is not None and not self.allow.acquire(timeout=0.02):
                     if stop_event.is_set():
                         break
                 if stop_event.is_set():
