@@ -13,6 +13,7 @@ global batch, and micro-batches of different sizes weigh by their tokens, not eq
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import threading
@@ -35,7 +36,7 @@ from llamaforge_tui.core.train_config import TrainConfig
 from llamaforge_tui.core.train_failures import TrainingFailed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +385,8 @@ def run(config: TrainConfig, emit: Callable[[Event], None], stop_event: threadin
     recipe = TrainingRecipe(config, emit, stop_event, settings=settings, resume_from=resume_from)
     try:
         recipe.setup()
-        return recipe.train()
+        with _long_lived_heap():
+            return recipe.train()
     except (TrainingFailed, LlamaForgeError) as exc:
         kind = exc.kind if isinstance(exc, TrainingFailed) else "error"
         if recipe.run_dir is None:
@@ -400,6 +402,24 @@ def run(config: TrainConfig, emit: Callable[[Event], None], stop_event: threadin
         raise
     finally:
         recipe.cleanup()
+
+
+@contextlib.contextmanager
+def _long_lived_heap() -> Iterator[None]:
+    """Keep the garbage collector off what lives for the whole run.
+
+    The model, the optimizer and everything else loaded before the first step (and, in the TUI, the
+    app's widgets) stay until the run ends, yet every full collection walks all of them while holding
+    the GIL: measured with the TUI in the same process, 0.3 s pauses of the training thread. Frozen,
+    they are skipped; new garbage is still collected. Unfrozen at the end, so a long-lived process
+    (the TUI) can still free the run's reference cycles once the run is gone.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _record_failure(recipe: TrainingRecipe, kind: str, reason: str) -> None:
