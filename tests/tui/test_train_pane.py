@@ -435,11 +435,16 @@ async def test_chart_redraws_are_spaced_by_their_cost() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await show_train(app, pilot)
         chart = app.query_one(LossChart)
+        saved = chart.render_seconds
         chart.render_seconds = 0.1  # as if a draw took 100 ms: 5 s between redraws at a 2% budget
         assert chart.redraw_interval == pytest.approx(0.1 / RENDER_BUDGET)
+        chart.render_seconds = 0.0
+        assert chart.redraw_interval == 1.0  # cheap draws: the configured interval
+        chart.render_seconds = saved
+        chart._redraw_interval = 5.0  # the spacing itself, with a long interval (renders can't shorten it)
         chart.set_points([(1, 2.0)], [])
+        chart._replot()  # drawn just now
         drawn = chart.redraws
-        chart.render_seconds = 0.1
         chart.set_points([(1, 2.0), (2, 1.5)], [])  # too soon after the last draw: only marked dirty
-        await pilot.pause(1.2)
+        await pilot.pause(1.5)
         assert chart.redraws == drawn and chart.drawn_step <= 1
