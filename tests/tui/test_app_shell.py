@@ -9,6 +9,7 @@ from textual.widgets import Button, DataTable, TabbedContent, TabPane
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.app import make_app
+from train_helpers import wait_for
 
 
 async def test_single_keys_switch_panes() -> None:
@@ -31,7 +32,8 @@ async def test_switching_pane_at_start_settles_without_a_focus_loop(attempt: int
         changes: list = []
         app.watch(app.screen, "focused", lambda widget: changes.append(widget), init=False)
         app.action_show_pane("train")
-        await pilot.pause(0.5)
+        start = app.query_one("#train-start", Button)
+        await wait_for(pilot, lambda: app.focused is start, timeout=30, what="the Train pane focused")
         settled = len(changes)
         await pilot.pause(1.0)
         assert changes[settled:] == [], "focus still moving a second after the switch"
@@ -43,6 +45,8 @@ async def test_a_stale_focus_message_does_not_switch_panes_back() -> None:
     app = make_app(Settings())
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("4")
+        start = app.query_one("#train-start", Button)
+        await wait_for(pilot, lambda: app.focused is start, timeout=30, what="the Train pane focused")
         tabs = app.query_one("#panes", TabbedContent)
         models = app.query_one("#models", TabPane)
         models.post_message(TabPane.Focused(models))  # as if queued before the switch: models holds no focus now
