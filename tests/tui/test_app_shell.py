@@ -55,6 +55,18 @@ async def test_a_stale_focus_message_does_not_switch_panes_back() -> None:
         assert app.focused is app.query_one("#train-start", Button)
 
 
+async def test_clicking_a_tab_switches_and_focuses_its_pane() -> None:
+    app = make_app(Settings())
+    async with app.run_test(size=(120, 40)) as pilot:
+        tabs = app.query_one("#panes", TabbedContent)
+        for pane, target in (("cache", "#cache-table"), ("train", "#train-start"), ("dataset", "#dataset-records"),
+                             ("models", "#models-table")):
+            await pilot.click(f"#--content-tab-{pane}")
+            widget = app.query_one(target)
+            await wait_for(pilot, lambda: app.focused is widget, timeout=30, what=f"{target} focused")
+            assert tabs.active == pane
+
+
 async def test_footer_bindings_and_palette_commands() -> None:
     app = make_app(Settings())
     async with app.run_test(size=(120, 40)) as pilot:
