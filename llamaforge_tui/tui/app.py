@@ -112,11 +112,8 @@ class LlamaForgeApp(App[int]):
         self._pending_pane = None
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        # Only for the pane still active when the event arrives. TabbedContent also activates the pane that
-        # takes focus, so acting on a stale event (a tab switch right after start, say) would focus the old
-        # pane, re-activate it, and two panes would hand the focus back and forth for ever, a busy loop.
-        if event.pane.id and event.tabbed_content.active == event.pane.id:
-            self._focus_pane(event.pane.id)
+        if event.pane.id:
+            self._focus_pane(event.pane.id)  # a stale event is harmless: the focus lands only if still active
 
     def _focus_pane(self, pane_id: str) -> None:
         """Put the keyboard in the pane's main widget (arrow keys then move in its table, not the tabs).
