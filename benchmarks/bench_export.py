@@ -41,7 +41,7 @@ _OURS_RUN = _PEAK + """
 import json, sys, time
 import numpy, gguf, torch
 from pathlib import Path
-from llamaforge_tui.core.export import ExportOptions, export_run
+from llamaforge_tui.core.export.exporter import ExportOptions, export_run
 run, out_type, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 t = time.perf_counter()
 r = export_run(run, ExportOptions(out_type=out_type, out_dir=out, name="bench"))
@@ -52,8 +52,8 @@ _OURS_HF = _PEAK + """
 import json, sys, time
 import numpy, gguf, torch
 from pathlib import Path
-from llamaforge_tui.core.export_hf import plan_hf_export
-from llamaforge_tui.core.gguf_writer import write_gguf
+from llamaforge_tui.core.export.hf import plan_hf_export
+from llamaforge_tui.core.gguf.writer import write_gguf
 hf, out_type, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 t = time.perf_counter()
 kv, plans, close = plan_hf_export(hf, None, None, out_type)
@@ -100,7 +100,7 @@ def _prepare(work: Path) -> tuple[Path, Path]:
     from fixtures.export_runs import make_run, write_chat_jsonl
     from fixtures.ollama_store import gemma_gguf_path
 
-    from llamaforge_tui.core import loading
+    from llamaforge_tui.core.model import loading
 
     gemma = gemma_gguf_path()
     run = make_run(work / "run", str(gemma), weights="gguf", data=write_chat_jsonl(work / "qa.jsonl"), r=8, alpha=16,

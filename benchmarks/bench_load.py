@@ -34,7 +34,7 @@ from _gemma import gemma_path  # noqa: E402
 _PRELUDE = """
 import json, resource, sys, time
 import torch, transformers
-from llamaforge_tui.core.memory import peak_rss_bytes
+from llamaforge_tui.core.model.memory import peak_rss_bytes
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -42,7 +42,7 @@ path = sys.argv[1]
 """
 
 _OURS = _PRELUDE + """
-from llamaforge_tui.core.loading import load_model
+from llamaforge_tui.core.model.loading import load_model
 w0, c0 = time.perf_counter(), cpu()
 loaded = load_model(path, dtype="float32", device="cpu", check_memory=False, cache=sys.argv[2] == "cache")
 ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
@@ -86,9 +86,9 @@ def dequant_throughput(path: Path, device: str) -> list[dict]:
     import numpy as np
     import torch
 
-    from llamaforge_tui.core import quants
-    from llamaforge_tui.core.gguf_file import GgufFile
-    from llamaforge_tui.core.loading import load_threads
+    from llamaforge_tui.core.gguf import quants
+    from llamaforge_tui.core.gguf.file import GgufFile
+    from llamaforge_tui.core.model.loading import load_threads
 
     rows = []
     with GgufFile(path) as g:

@@ -40,7 +40,7 @@ from _gemma import gemma_path  # noqa: E402
 def save_header(src: Path, dst: Path) -> None:
     """Keep a GGUF's header (metadata, tokenizer, tensor table) and its size: a few MB that travel where the
     246 MB model cannot (the GPU machine), to rebuild a file of the same layout with ``synthesize``."""
-    from llamaforge_tui.core.gguf_file import GgufFile
+    from llamaforge_tui.core.gguf.file import GgufFile
 
     with GgufFile(src) as gf:
         head = src.open("rb").read(gf.data_offset)
@@ -51,8 +51,8 @@ def save_header(src: Path, dst: Path) -> None:
 def synthesize(header: Path, out: Path, seed: int = 0) -> Path:
     """A GGUF with the saved header and random but valid tensor data (small finite scales, small F32 values):
     the same tensor types, shapes and offsets as the original, so memory and speed figures carry over."""
-    from llamaforge_tui.core import quants
-    from llamaforge_tui.core.gguf_file import GgufFile
+    from llamaforge_tui.core.gguf import quants
+    from llamaforge_tui.core.gguf.file import GgufFile
 
     blob = header.read_bytes()
     size = int.from_bytes(blob[:8], "little")
@@ -94,7 +94,7 @@ def bench_kernels(values: int, repeats: int, cuda: bool) -> list[dict]:
     from gguf import GGML_QUANT_SIZES
     from gguf import quants as gq
 
-    from llamaforge_tui.core import quants
+    from llamaforge_tui.core.gguf import quants
 
     rng = np.random.default_rng(0)
     rows = []
@@ -152,7 +152,7 @@ def child(weights: str, device: str, steps: int, seq_len: int, batch: int) -> di
     """Load Gemma 3 270M with ``weights``, then train LoRA for ``steps``; report memory and speed."""
     import torch
 
-    from llamaforge_tui.core.quantized import base_weight_bytes
+    from llamaforge_tui.core.model.quantized import base_weight_bytes
 
     import peft  # noqa: F401 - libraries in the baseline, so the growth is weights and activations
     import transformers  # noqa: F401
@@ -172,7 +172,7 @@ def child(weights: str, device: str, steps: int, seq_len: int, batch: int) -> di
     peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=targets, task_type="CAUSAL_LM"))
     peft_model.train()
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
-    from llamaforge_tui.core.loss import loss_module
+    from llamaforge_tui.core.train.loss import loss_module
 
     loss_fn = loss_module(peft_model.get_base_model())  # the trainer's own loss (chunked head, no full logits)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
@@ -210,7 +210,7 @@ def child(weights: str, device: str, steps: int, seq_len: int, batch: int) -> di
 
 
 def _gguf_tensor_bytes(path: Path) -> int:
-    from llamaforge_tui.core.gguf_file import GgufFile
+    from llamaforge_tui.core.gguf.file import GgufFile
 
     with GgufFile(path) as gf:
         return sum(t.nbytes for t in gf.tensors)
@@ -218,7 +218,7 @@ def _gguf_tensor_bytes(path: Path) -> int:
 
 def load(path: Path, weights: str, device: str):  # noqa: ANN201
     """Load through the product's loader (core.loading.load_model), fp32 on the chosen device."""
-    from llamaforge_tui.core.loading import load_model
+    from llamaforge_tui.core.model.loading import load_model
     from llamaforge_tui.core.settings import Settings
 
     settings = Settings.load() if hasattr(Settings, "load") else Settings()

@@ -6,7 +6,7 @@ mini, Llama 3.2 1B), followed by a sparse hole up to the real file size (1-8 GB 
 hundred MB on disk). Each blob is its own file, named by a sha256, with a manifest, template and params layer.
 
 Reports:
-1. ``scan_store`` wall time for the whole store (manifests, GGUF summaries, base mapping, HF cache status),
+1. ``scan_models`` wall time for the whole store (manifests, GGUF summaries, base mapping, HF cache status),
    first run and warm runs.
 2. Per model shape: our summary (``GgufFile`` + ``summarize``) vs ``gguf.GGUFReader(path)`` on the same file,
    as a ratio (how many times faster ours is).
@@ -35,8 +35,8 @@ import gguf  # noqa: E402
 from fixtures.gguf_factory import BIG_SPECS, write_sparse_gguf  # noqa: E402
 
 from llamaforge_tui.core.fsutil import human_bytes  # noqa: E402
-from llamaforge_tui.core.gguf_info import summarize_gguf  # noqa: E402
-from llamaforge_tui.core.ollama import scan_store  # noqa: E402
+from llamaforge_tui.core.gguf.info import summarize_gguf  # noqa: E402
+from llamaforge_tui.core.model.basemodel import scan_models  # noqa: E402
 from llamaforge_tui.core.settings import Settings  # noqa: E402
 
 # Ollama names for each shape; tags cycle so the 100 models have distinct names.
@@ -116,12 +116,12 @@ def main() -> None:
 
     os.environ["LLAMAFORGE_DATA_DIR"] = str(base / "data")  # the summary cache goes here, not in the user's folder
     settings = Settings(models_dirs=[str(root)], hf_cache_dir=str(base / "hf-cache"))
-    headers = statistics.median(_time(lambda: scan_store(settings, use_summary_cache=False), 3))
-    scan = scan_store(settings)  # fills the summary cache
-    cached = statistics.median(_time(lambda: scan_store(settings), 3))
+    headers = statistics.median(_time(lambda: scan_models(settings, use_summary_cache=False), 3))
+    scan = scan_models(settings)  # fills the summary cache
+    cached = statistics.median(_time(lambda: scan_models(settings), 3))
     n = len(scan.models)
     ok = sum(m.status == "ok" for m in scan.models)
-    print(f"\nscan_store, {n} models ({ok} ok), median of 3:")
+    print(f"\nscan_models, {n} models ({ok} ok), median of 3:")
     print(f"  reading every header     {headers:7.3f} s  ({headers / n * 1000:.1f} ms per model)")
     print(f"  with the summary cache   {cached:7.3f} s  ({cached / n * 1000:.2f} ms per model; "
           f"{headers / cached:.0f}x faster)")

@@ -79,8 +79,8 @@ def _peak_memory(device: str) -> int:
 # -- variants (each runs in its own process) ---------------------------------------------------------
 def run_ours(args: argparse.Namespace, packing: bool) -> dict:
     from llamaforge_tui.core.settings import Settings
-    from llamaforge_tui.core.train_config import TrainConfig
-    from llamaforge_tui.core.trainer import run
+    from llamaforge_tui.core.train.config import TrainConfig
+    from llamaforge_tui.core.train.trainer import run
 
     out = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     batch = max(1, args.batch * args.mean_len // args.max_seq_len) if packing else args.batch
@@ -104,9 +104,9 @@ def run_baseline(args: argparse.Namespace) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from llamaforge_tui.core import train_setup
+    from llamaforge_tui.core.train import setup as train_setup
     from llamaforge_tui.core.settings import Settings
-    from llamaforge_tui.core.train_config import TrainConfig
+    from llamaforge_tui.core.train.config import TrainConfig
 
     cfg = TrainConfig(model=args.model, data=args.data, max_seq_len=args.max_seq_len, dtype=args.dtype,
                       device=args.device)
@@ -161,7 +161,7 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _mean_len(data: Path, model: str) -> int:
-    from llamaforge_tui.core.loading import load_tokenizer
+    from llamaforge_tui.core.model.loading import load_tokenizer
 
     tok = load_tokenizer(model).tokenizer
     lens = []

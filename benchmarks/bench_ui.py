@@ -55,7 +55,7 @@ def mean_tokens_per_second(events: list[Any], steady_from: float = STEADY_FROM) 
     run. The first steps include warm-up, and with the monitor the one-time work of showing a new run
     (status, runs list, first log lines), which in a run of a few seconds would weigh far more than in
     a real one of minutes or hours."""
-    from llamaforge_tui.core.events import StepLogged
+    from llamaforge_tui.core.train.events import StepLogged
 
     steps = [e for e in events if isinstance(e, StepLogged)]
     first = max(1, int(len(steps) * steady_from))
@@ -67,7 +67,7 @@ def mean_tokens_per_second(events: list[Any], steady_from: float = STEADY_FROM) 
 
 
 def make_config(model: Path, data: Path, steps: int, out: Path) -> Any:
-    from llamaforge_tui.core.train_config import TrainConfig
+    from llamaforge_tui.core.train.config import TrainConfig
 
     return TrainConfig(model=str(model), data=str(data), max_steps=steps, batch_size=4, max_seq_len=128,
                        save_every=0, log_every=1, output_dir=str(out), device="cpu")
@@ -75,7 +75,7 @@ def make_config(model: Path, data: Path, steps: int, out: Path) -> Any:
 
 def headless_run(config: Any) -> float:
     from llamaforge_tui.core.settings import Settings
-    from llamaforge_tui.core.trainer import run
+    from llamaforge_tui.core.train.trainer import run
 
     events: list[Any] = []
     # In a plain thread, as the TUI's worker runs it: the only difference left between the two is the UI.
@@ -156,7 +156,7 @@ async def monitored_run(config: Any, idle_seconds: float,
     from llamaforge_tui.tui.widgets.run_form import RunForm
     from llamaforge_tui.tui.widgets.train_pane import TrainPane
 
-    from llamaforge_tui.core.events import StepLogged
+    from llamaforge_tui.core.train.events import StepLogged
 
     sampler = TimedSampler()
     app = make_app(Settings(), Services(gpu_sampler=sampler))  # real NVML: part of what a user's monitor costs

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def save_shape(source: str, out: Path) -> None:
-    from llamaforge_tui.core.loading import load_model
+    from llamaforge_tui.core.model.loading import load_model
 
     loaded = load_model(source, None, dtype="bfloat16", device="cpu")
     loaded.model.config.save_pretrained(out)

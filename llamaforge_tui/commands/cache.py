@@ -45,16 +45,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from llamaforge_tui.core.hf_cache import cache_dir_from_settings, scan_cache
-    from llamaforge_tui.core.hf_cache_usage import ollama_usage
+    from llamaforge_tui.core.hub.cache import cache_dir_from_settings
+    from llamaforge_tui.core.model.basemodel import ollama_models_by_repo
+    from llamaforge_tui.core.model.dequant_cache import scan_cache_with_dequantized
 
     settings = settings_from_args(args)
     if args.action == "delete":
         return _run_delete(args, settings)
     if args.target:
         raise LlamaForgeError(f"unexpected argument {args.target!r}; did you mean `llamaforge cache delete {args.target}`?")
-    scan = scan_cache(cache_dir_from_settings(settings))
-    usage, note = ollama_usage(settings)
+    scan = scan_cache_with_dequantized(cache_dir_from_settings(settings))
+    usage, note = ollama_models_by_repo(settings)
     if args.json:
         print_json(scan.to_dict(usage))
         return 0
@@ -85,16 +86,18 @@ def _date(stamp: float) -> str:
 
 
 def _run_delete(args: argparse.Namespace, settings: Any) -> int:
-    from llamaforge_tui.core.hf_cache import cache_dir_from_settings, delete_revisions, parse_repo_ref, plan_deletion, scan_cache
-    from llamaforge_tui.core.hf_cache_usage import needed_by, ollama_usage, run_usage
+    from llamaforge_tui.core.hub.cache import cache_dir_from_settings, delete_revisions, parse_repo_ref, plan_deletion, scan_cache
+    from llamaforge_tui.core.hub.usage import needed_by
+    from llamaforge_tui.core.model.basemodel import ollama_models_by_repo
+    from llamaforge_tui.core.train.runs import runs_by_hf_repo
 
     if not args.target:
         raise LlamaForgeError("usage: llamaforge cache delete REPO[@REV] [--yes]")
     repo_id, revision = parse_repo_ref(args.target)
     scan = scan_cache(cache_dir_from_settings(settings))
     plan = plan_deletion(scan, repo_id, [revision] if revision else None)
-    usage, _ = ollama_usage(settings)
-    reasons = needed_by(repo_id, runs=run_usage(settings))
+    usage, _ = ollama_models_by_repo(settings)
+    reasons = needed_by(repo_id, runs=runs_by_hf_repo(settings))
     if usage.get(repo_id):
         reasons.insert(0, f"Ollama model(s) {', '.join(usage[repo_id])} map to it")
     out = sys.stderr if args.json else sys.stdout
@@ -121,8 +124,8 @@ def _run_delete(args: argparse.Namespace, settings: Any) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from llamaforge_tui.core.hf_cache import cache_dir_from_settings, parse_repo_ref, repo_cache_status
-    from llamaforge_tui.core.hf_download import DownloadProgress, download_repo, progress_text
+    from llamaforge_tui.core.hub.cache import cache_dir_from_settings, parse_repo_ref, repo_cache_status
+    from llamaforge_tui.core.hub.download import DownloadProgress, download_repo, progress_text
 
     settings = settings_from_args(args)
     repo_id, revision = parse_repo_ref(args.repo)

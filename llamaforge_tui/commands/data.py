@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from llamaforge_tui.commands.common import add_json_flag, print_json, settings_from_args
-from llamaforge_tui.core.data import (
+from llamaforge_tui.core.data.dataset import (
     POLICIES,
     StatsScan,
     as_jsonable,
@@ -17,8 +17,8 @@ from llamaforge_tui.core.data import (
     scan_token_stats,
     steps_per_epoch,
 )
-from llamaforge_tui.core.data_context import RenderContext, build_render_context
-from llamaforge_tui.core.data_records import Record, RecordError
+from llamaforge_tui.core.model.render_context import RenderContext, build_render_context
+from llamaforge_tui.core.data.records import Record, RecordError
 from llamaforge_tui.core.errors import DatasetError
 
 SHOWN_ERRORS = 20

@@ -11,9 +11,9 @@ import sys
 import threading
 
 from llamaforge_tui.commands.common import add_json_flag, print_json, settings_from_args
-from llamaforge_tui.core.export import EXPORT_TYPES, ExportOptions, ExportProgress, VerificationFailed, export_run
+from llamaforge_tui.core.export.exporter import EXPORT_TYPES, ExportOptions, ExportProgress, VerificationFailed, export_run
 from llamaforge_tui.core.fsutil import human_bytes
-from llamaforge_tui.core.register import NameClash
+from llamaforge_tui.core.ollama.register import NameClash
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -45,8 +45,8 @@ def top_next_tokens(model: Any, tokenizer: Any, prompt: str, k: int = 5) -> list
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamaforge_tui.core.loading import load_model
-    from llamaforge_tui.core.memory import fmt_bytes, peak_rss_bytes
+    from llamaforge_tui.core.model.loading import load_model
+    from llamaforge_tui.core.model.memory import fmt_bytes, peak_rss_bytes
 
     settings = settings_from_args(args)
     start = time.perf_counter()

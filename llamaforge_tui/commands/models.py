@@ -9,7 +9,8 @@ import sys
 from llamaforge_tui.commands.common import add_json_flag, print_json, settings_from_args
 from llamaforge_tui.core.errors import StoreError
 from llamaforge_tui.core.fsutil import human_bytes
-from llamaforge_tui.core.ollama import OllamaModel, StoreScan, scan_store, server_status
+from llamaforge_tui.core.model.basemodel import scan_models
+from llamaforge_tui.core.ollama.store import OllamaModel, StoreScan, server_status
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +64,7 @@ def format_table(scan: StoreScan, width: int | None = None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    scan = scan_store(settings)
+    scan = scan_models(settings)
     if not scan.roots and scan.problems:
         raise StoreError("no readable Ollama models folder: " + "; ".join(scan.problems))
     for problem in scan.problems:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llamaforge_tui.commands.common import settings_from_args
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.events import EventLog
+from llamaforge_tui.core.train.events import EventLog
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

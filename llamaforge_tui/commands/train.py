@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from llamaforge_tui.commands.common import add_json_flag, print_json, settings_from_args
-from llamaforge_tui.core import runs
+from llamaforge_tui.core.train import runs
 from llamaforge_tui.core.errors import ConfigError
-from llamaforge_tui.core.events import (CheckpointSaved, EvalLogged, Event, LogLine, RunFailed, RunFinished,
+from llamaforge_tui.core.train.events import (CheckpointSaved, EvalLogged, Event, LogLine, RunFailed, RunFinished,
                                         RunStarted, StepLogged)
 from llamaforge_tui.core.fsutil import human_bytes
-from llamaforge_tui.core.train_config import TrainConfig
+from llamaforge_tui.core.train.config import TrainConfig
 
 # option -> (TrainConfig field, type); applied over the config file when given.
 OVERRIDES: dict[str, tuple[str, Any]] = {
@@ -190,7 +190,7 @@ class _Interrupts:
 
 # -- commands --------------------------------------------------------------------------------------
 def run_train(args: argparse.Namespace) -> int:
-    from llamaforge_tui.core import distributed
+    from llamaforge_tui.core.train import distributed
 
     settings = settings_from_args(args)
     resume_dir: Path | None = None
@@ -205,7 +205,7 @@ def run_train(args: argparse.Namespace) -> int:
         return _launch_workers(args, config, settings, resume_dir)
     if worker.enabled and worker.world_size != config.nproc:
         config = config.replace(nproc=worker.world_size)
-    from llamaforge_tui.core.trainer import run
+    from llamaforge_tui.core.train.trainer import run
 
     stop_event = threading.Event()
     emit = _printer(args.json) if worker.is_main else (lambda event: None)
@@ -221,7 +221,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _launch_workers(args: argparse.Namespace, config: TrainConfig, settings: Any, resume_dir: Path | None) -> int:
     """Re-run this command under torchrun with --nproc workers. Ctrl-C becomes a stop request; a second
     Ctrl-C kills the workers."""
-    from llamaforge_tui.core import distributed
+    from llamaforge_tui.core.train import distributed
 
     if resume_dir is not None:
         run_dir = resume_dir

@@ -10,12 +10,12 @@ from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Label, Static, TabbedContent
 
-from llamaforge_tui.core import hf_cache_usage
-from llamaforge_tui.core.hf_cache import repo_cache_status
+from llamaforge_tui.core.hub.cache import repo_cache_status
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui import app as app_module
 from llamaforge_tui.tui.app import make_app
 from llamaforge_tui.tui.screens.confirm_delete import ConfirmDelete
+from llamaforge_tui.tui.widgets import cache_pane as cache_pane_module
 from llamaforge_tui.tui.widgets.cache_pane import CachePane
 from llamaforge_tui.tui.widgets.download_progress import DownloadProgressView
 from llamaforge_tui.tui.widgets.models_pane import ModelsPane
@@ -47,7 +47,7 @@ def cache(tmp_path: Path):
 
 @pytest.fixture
 def mapped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hf_cache_usage, "ollama_usage",
+    monkeypatch.setattr(cache_pane_module, "ollama_models_by_repo",
                         lambda settings: ({"acme/big-model": ["big:latest", "user/big:q4"]}, None))
 
 

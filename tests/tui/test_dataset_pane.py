@@ -10,10 +10,10 @@ import pytest
 from fixtures.data_tokenizers import make_tokenizer
 from textual.widgets import DataTable, Input, Static
 
-from llamaforge_tui.core.chat_templates import resolve_chat_template
-from llamaforge_tui.core.data_context import RenderContext
+from llamaforge_tui.core.data.chat_templates import resolve_chat_template
+from llamaforge_tui.core.model.render_context import RenderContext
 from llamaforge_tui.core.errors import SourceError
-from llamaforge_tui.core.ollama_template import check_against_ollama
+from llamaforge_tui.core.data.template_check import check_against_ollama
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.app import Services, make_app
 from llamaforge_tui.tui.widgets.dataset_pane import DatasetPane

@@ -9,10 +9,10 @@ from textual.widgets import Checkbox, DataTable, Select, Static
 
 from tests.tui.train_helpers import wait_for
 
-from llamaforge_tui.core.export import ExportOptions, ExportProgress, ExportResult
-from llamaforge_tui.core.register import NameClash
+from llamaforge_tui.core.export.exporter import ExportOptions, ExportProgress, ExportResult
+from llamaforge_tui.core.ollama.register import NameClash
 from llamaforge_tui.core.settings import Settings
-from llamaforge_tui.core.verify import Verification, VerificationSample
+from llamaforge_tui.core.export.verify import Verification, VerificationSample
 from llamaforge_tui.tui.app import Services, make_app
 from llamaforge_tui.tui.screens.export_screen import ConfirmReplace, ExportScreen
 from llamaforge_tui.tui.widgets.train_pane import TrainPane

@@ -129,7 +129,7 @@ async def test_rescan_picks_up_new_models_without_blocking(small_store: StoreInf
     from llamaforge_tui.tui.widgets import models_pane
 
     release = threading.Event()
-    real_scan = models_pane.scan_store
+    real_scan = models_pane.scan_models
 
     def held_scan(settings: Settings) -> object:
         assert release.wait(30), "the test never released the scan"
@@ -141,7 +141,7 @@ async def test_rescan_picks_up_new_models_without_blocking(small_store: StoreInf
         first = pane.scan
         b = StoreBuilder(small_store.root)
         b.write("newcomer", "latest", b.manifest([b.gguf_layer(small_store.tiny_path)]))
-        monkeypatch.setattr(models_pane, "scan_store", held_scan)
+        monkeypatch.setattr(models_pane, "scan_models", held_scan)
         await pilot.press("r")
         # The scan is stuck in its worker, and the UI still answers keys.
         assert pane.has_class("-scanning") and pane.scan is first
@@ -225,7 +225,7 @@ async def test_empty_store_says_what_to_do(tmp_path: Path) -> None:
 
 
 def test_detail_rows_for_an_unusable_model(small_store: StoreInfo) -> None:
-    from llamaforge_tui.core.ollama import find_model
+    from llamaforge_tui.core.model.basemodel import find_ollama_model as find_model
 
     model = find_model(Settings(models_dirs=[str(small_store.root)]), "gpt-oss:120b-cloud")
     rows = dict(detail_rows(model))

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Static, TabbedContent
 
-from llamaforge_tui.core.events import EventLog, EvalLogged, LogLine, RunFinished, RunStarted, StepLogged
-from llamaforge_tui.core.runs import RunLock
+from llamaforge_tui.core.train.events import EventLog, EvalLogged, LogLine, RunFinished, RunStarted, StepLogged
+from llamaforge_tui.core.train.runs import RunLock
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.core.system import GpuSample, GpuUnavailable, NvmlSampler
-from llamaforge_tui.core.train_config import TrainConfig
+from llamaforge_tui.core.train.config import TrainConfig
 from llamaforge_tui.tui.app import Services, make_app
 from llamaforge_tui.tui.screens.confirm_quit import ConfirmQuit
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges, GpuRow, bar_text

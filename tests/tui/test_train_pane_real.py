@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button
 
-from llamaforge_tui.core.events import CheckpointSaved, RunFinished, RunStarted, StepLogged
+from llamaforge_tui.core.train.events import CheckpointSaved, RunFinished, RunStarted, StepLogged
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.app import Services, make_app
 from llamaforge_tui.tui.widgets.loss_chart import LossChart
@@ -34,7 +34,7 @@ def no_gpus() -> list:
 
 def paced_trainer(seconds_per_step: float):
     """The real ``core.trainer.run``, with each step's event held a moment so a test can act mid-run."""
-    from llamaforge_tui.core.trainer import run
+    from llamaforge_tui.core.train.trainer import run
 
     def train(config, emit, stop_event, **kwargs):
         def slow_emit(event):

@@ -13,7 +13,7 @@ from rich.console import Console
 from textual.app import App
 from textual.pilot import Pilot
 
-from llamaforge_tui.core.events import RunFinished, RunStarted, StepLogged
+from llamaforge_tui.core.train.events import RunFinished, RunStarted, StepLogged
 
 
 async def wait_for(pilot: Pilot, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:

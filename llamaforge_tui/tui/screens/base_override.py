@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
-from llamaforge_tui.core.basemodel import NO_MAPPING, REPO_ID_RE
+from llamaforge_tui.core.model.basemodel import NO_MAPPING, REPO_ID_RE
 
 
 class BaseOverrideScreen(ModalScreen[str | None]):

@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label
 
 from llamaforge_tui.core.fsutil import human_bytes
-from llamaforge_tui.core.hf_cache import DeletionPlan
+from llamaforge_tui.core.hub.cache import DeletionPlan
 
 
 class ConfirmDelete(ModalScreen[bool]):

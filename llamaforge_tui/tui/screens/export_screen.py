@@ -22,8 +22,8 @@ from textual.widgets import Button, Checkbox, DataTable, Footer, Header, Input, 
 from textual.worker import get_current_worker
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.export import EXPORT_TYPES, ExportOptions, ExportProgress, ExportResult, VerificationFailed
-from llamaforge_tui.core.verify import Verification, has_llama_cpp
+from llamaforge_tui.core.export.exporter import EXPORT_TYPES, ExportOptions, ExportProgress, ExportResult, VerificationFailed
+from llamaforge_tui.core.export.verify import Verification, has_llama_cpp
 
 COMPARE_CHOICES = ("f16", "q8_0", "hybrid", "adapter", "q4_k_m")
 QUANTIZED_RUN_NOTE = (
@@ -125,7 +125,7 @@ class ExportScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        from llamaforge_tui.core.runs import read_source
+        from llamaforge_tui.core.train.runs import read_source
 
         quantized = read_source(self.run_dir).get("weights") == "gguf-quantized"
         self.query_one("#export-quantized-note", Static).display = quantized
@@ -177,8 +177,8 @@ class ExportScreen(Screen[None]):
 
     @work(thread=True, group="export", name="export", description="Export", exit_on_error=False)
     def _export_worker(self, options: ExportOptions) -> None:
-        from llamaforge_tui.core.export import export_run
-        from llamaforge_tui.core.register import NameClash
+        from llamaforge_tui.core.export.exporter import export_run
+        from llamaforge_tui.core.ollama.register import NameClash
 
         worker = get_current_worker()
         run = self._service("export_run", export_run)
@@ -196,7 +196,7 @@ class ExportScreen(Screen[None]):
 
     @work(thread=True, group="export", name="export-compare", description="Compare export choices", exit_on_error=False)
     def _compare_worker(self) -> None:
-        from llamaforge_tui.core.export_compare import measure_choices
+        from llamaforge_tui.core.export.compare import measure_choices
 
         worker = get_current_worker()
         measure = self._service("measure_choices", measure_choices)

@@ -23,10 +23,13 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Static
 from textual.worker import Worker, WorkerState
 
-from llamaforge_tui.core import hf_cache_usage
+from llamaforge_tui.core.hub import usage as hf_cache_usage
+from llamaforge_tui.core.model.basemodel import ollama_models_by_repo
+from llamaforge_tui.core.model.dequant_cache import scan_cache_with_dequantized
+from llamaforge_tui.core.train.runs import runs_by_hf_repo
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.fsutil import human_bytes
-from llamaforge_tui.core.hf_cache import (
+from llamaforge_tui.core.hub.cache import (
     CacheScan,
     DeletionPlan,
     RepoEntry,
@@ -34,9 +37,8 @@ from llamaforge_tui.core.hf_cache import (
     delete_revisions,
     parse_repo_ref,
     plan_deletion,
-    scan_cache,
 )
-from llamaforge_tui.core.hf_download import DownloadCancelled, DownloadProgress, download_repo
+from llamaforge_tui.core.hub.download import DownloadCancelled, DownloadProgress, download_repo
 from llamaforge_tui.tui.screens.confirm_delete import ConfirmDelete
 from llamaforge_tui.tui.widgets.cache_text import complete_label, repo_details, short_date
 from llamaforge_tui.tui.widgets.download_progress import DownloadProgressView
@@ -142,9 +144,9 @@ class CachePane(Vertical):
           exclusive=True, exit_on_error=False)
     def _scan(self) -> ScanResult:
         settings = self.settings
-        scan = scan_cache(cache_dir_from_settings(settings))
-        used_by, note = hf_cache_usage.ollama_usage(settings)
-        return ScanResult(scan, used_by, hf_cache_usage.run_usage(settings), note)
+        scan = scan_cache_with_dequantized(cache_dir_from_settings(settings))
+        used_by, note = ollama_models_by_repo(settings)
+        return ScanResult(scan, used_by, runs_by_hf_repo(settings), note)
 
     def apply_scan(self, result: ScanResult) -> None:
         self.result = result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from llamaforge_tui.core.fsutil import human_bytes
-from llamaforge_tui.core.hf_cache import RepoEntry
+from llamaforge_tui.core.hub.cache import RepoEntry
 
 
 def short_date(stamp: float) -> str:

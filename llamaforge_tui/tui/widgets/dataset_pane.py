@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from llamaforge_tui.core.data import (
+from llamaforge_tui.core.data.dataset import (
     DatasetLoad,
     StatsScan,
     load_dataset,
@@ -31,8 +31,8 @@ from llamaforge_tui.core.data import (
     scan_token_stats,
     steps_per_epoch,
 )
-from llamaforge_tui.core.data_context import RenderContext, build_render_context, source_text
-from llamaforge_tui.core.data_records import Record
+from llamaforge_tui.core.model.render_context import RenderContext, build_render_context, source_text
+from llamaforge_tui.core.data.records import Record
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.tui.widgets.dataset_view import PathSuggester, raw_content, rendered_content
 

@@ -11,7 +11,7 @@ import os
 from textual.content import Content
 from textual.suggester import Suggester
 
-from llamaforge_tui.core.data_records import Record, TextDoc
+from llamaforge_tui.core.data.records import Record, TextDoc
 
 TRAINED_STYLE = "bold $text-success on $success-muted"
 

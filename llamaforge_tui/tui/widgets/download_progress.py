@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, ProgressBar
 
-from llamaforge_tui.core.hf_download import DownloadProgress, progress_text
+from llamaforge_tui.core.hub.download import DownloadProgress, progress_text
 
 
 class DownloadProgressView(Vertical):

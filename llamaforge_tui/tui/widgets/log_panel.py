@@ -13,7 +13,7 @@ import time
 from textual.message import Message
 from textual.widgets import Log
 
-from llamaforge_tui.core.events import LogLine
+from llamaforge_tui.core.train.events import LogLine
 
 
 def format_line(level: str, message: str, when: float | None = None) -> str:

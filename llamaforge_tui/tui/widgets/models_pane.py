@@ -20,10 +20,11 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 from textual.worker import get_current_worker
 
-from llamaforge_tui.core.basemodel import set_base_model_override
+from llamaforge_tui.core.model.basemodel import set_base_model_override
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.fsutil import human_bytes
-from llamaforge_tui.core.ollama import OllamaModel, ServerStatus, StoreScan, scan_store, server_status
+from llamaforge_tui.core.model.basemodel import scan_models
+from llamaforge_tui.core.ollama.store import OllamaModel, ServerStatus, StoreScan, server_status
 from llamaforge_tui.tui.screens.base_override import BaseOverrideScreen
 
 NARROW_WIDTH = 100  # below this the details go under the table instead of beside it
@@ -204,8 +205,8 @@ class ModelsPane(Vertical):
         settings = self.app.settings  # type: ignore[attr-defined]
         worker = get_current_worker()
         try:
-            scan = scan_store(settings)
-        except (OSError, LlamaForgeError) as exc:  # scan_store reports problems itself; a last resort
+            scan = scan_models(settings)
+        except (OSError, LlamaForgeError) as exc:  # scan_models reports problems itself; a last resort
             result = _ScanResult(None, None, f"scan failed: {exc}")
         else:
             result = _ScanResult(scan, None)

@@ -23,7 +23,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.train_config import SCHEDULERS, WEIGHT_TRADEOFFS, WEIGHTS, TrainConfig
+from llamaforge_tui.core.train.config import SCHEDULERS, WEIGHT_TRADEOFFS, WEIGHTS, TrainConfig
 
 # (field name, label, help shown as the placeholder). Order is the form's order.
 FIELDS: tuple[tuple[str, str, str], ...] = (
@@ -99,7 +99,7 @@ def field_error(name: str, value: Any) -> str | None:
 
 def _source_error(text: str) -> str | None:
     try:
-        from llamaforge_tui.core.sources import parse_source
+        from llamaforge_tui.core.model.sources import parse_source
     except ImportError:  # the sources module is not there: accept anything non-empty
         return None
     try:

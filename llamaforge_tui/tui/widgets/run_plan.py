@@ -23,7 +23,7 @@ from textual.widgets import Static
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.fsutil import human_bytes
 from llamaforge_tui.core.settings import Settings
-from llamaforge_tui.core.train_config import TrainConfig
+from llamaforge_tui.core.train.config import TrainConfig
 from llamaforge_tui.tui.widgets.run_state import format_duration
 
 
@@ -59,7 +59,7 @@ def make_plan(config: TrainConfig, settings: Settings, free: tuple[str, int | No
     examples = steps_epoch = total = None
     if config.data:
         try:
-            from llamaforge_tui.core.data import load_dataset, steps_per_epoch
+            from llamaforge_tui.core.data.dataset import load_dataset, steps_per_epoch
 
             loaded = load_dataset(config.data, format=config.data_format, policy="skip")
             examples = max(1, int(loaded.valid * (1.0 - config.eval_split)))
@@ -95,8 +95,8 @@ def _memory_estimate(config: TrainConfig, settings: Settings, free: tuple[str, i
     if not config.model:
         return None
     try:
-        from llamaforge_tui.core.memory import estimate_memory
-        from llamaforge_tui.core.sources import resolve_source
+        from llamaforge_tui.core.model.memory import estimate_memory
+        from llamaforge_tui.core.model.sources import resolve_source
     except ImportError:
         return "memory estimate: not available in this version"
     kind, free_bytes = free
@@ -104,8 +104,8 @@ def _memory_estimate(config: TrainConfig, settings: Settings, free: tuple[str, i
         resolved = resolve_source(config.model, settings, config.weights, download=False)
         weights_bytes = None
         if resolved.gguf_path is not None and resolved.uses_gguf:
-            from llamaforge_tui.core.arch import config_dict_from_gguf
-            from llamaforge_tui.core.gguf_file import GgufFile
+            from llamaforge_tui.core.gguf.arch import config_dict_from_gguf
+            from llamaforge_tui.core.gguf.file import GgufFile
 
             with GgufFile(resolved.gguf_path) as gguf:
                 model_config: Any = config_dict_from_gguf(gguf)
@@ -128,8 +128,8 @@ def _memory_estimate(config: TrainConfig, settings: Settings, free: tuple[str, i
 def _eta_from_history(config: TrainConfig, settings: Settings, total: int | None) -> float | None:
     if not total:
         return None
-    from llamaforge_tui.core.events import EventReader, RunStarted, StepLogged
-    from llamaforge_tui.core.runs import list_runs
+    from llamaforge_tui.core.train.events import EventReader, RunStarted, StepLogged
+    from llamaforge_tui.core.train.runs import list_runs
 
     for run in list_runs(settings):
         if run.source != config.model or run.step < 2:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llamaforge_tui.core.events import (
+from llamaforge_tui.core.train.events import (
     CheckpointSaved,
     EvalLogged,
     Event,

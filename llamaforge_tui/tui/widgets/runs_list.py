@@ -10,7 +10,7 @@ from textual import work
 from textual.message import Message
 from textual.widgets import DataTable
 
-from llamaforge_tui.core.runs import RunSummary, list_runs
+from llamaforge_tui.core.train.runs import RunSummary, list_runs
 from llamaforge_tui.core.settings import Settings
 
 

@@ -31,8 +31,8 @@ from textual.widgets import Button, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.events import BatchingEmit, Event, EventReader, LogLine, RunFailed, RunFinished
-from llamaforge_tui.core.train_config import TrainConfig
+from llamaforge_tui.core.train.events import BatchingEmit, Event, EventReader, LogLine, RunFailed, RunFinished
+from llamaforge_tui.core.train.config import TrainConfig
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges
 from llamaforge_tui.tui.widgets.log_panel import LogPanel, PanelLogHandler
 from llamaforge_tui.tui.widgets.loss_chart import LossChart
@@ -200,7 +200,7 @@ class TrainPane(Vertical):
             self._dirty = True
             self._refresh_monitor()
         elif self.attached_dir is not None and self.state.status == RUNNING:
-            from llamaforge_tui.core.runs import request_stop
+            from llamaforge_tui.core.train.runs import request_stop
 
             request_stop(self.attached_dir)
             self.notify("Asked the training process to stop after its current step.", title="Stop requested")
@@ -279,7 +279,7 @@ class TrainPane(Vertical):
         services = getattr(self.app, "services", None)
         fn = getattr(services, "extra", {}).get("train_run") if services is not None else None
         if fn is None:
-            from llamaforge_tui.core.trainer import run as fn
+            from llamaforge_tui.core.train.trainer import run as fn
         return fn
 
     @work(thread=True, group="training", name="training", description="LoRA training run", exit_on_error=False)
@@ -340,7 +340,7 @@ class TrainPane(Vertical):
     @work(thread=True, group="monitor", name="follow-events", description="Follow a run's events.jsonl",
           exit_on_error=False)
     def _follow(self, run_dir: Path, interval: float = 0.3) -> None:
-        from llamaforge_tui.core.runs import is_locked
+        from llamaforge_tui.core.train.runs import is_locked
 
         worker = get_current_worker()
         reader = EventReader(run_dir)

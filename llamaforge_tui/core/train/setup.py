@@ -1,0 +1,216 @@
+"""The setup half of a run: device and precision, model and tokenizer, dataset, LoRA, optimizer, schedule.
+
+Kept apart from the loop (trainer.py) so each piece is small enough to read, and so the benchmark can
+build the very same model and data for the baseline it compares against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llamaforge_tui.core.errors import ConfigError, LlamaForgeError
+from llamaforge_tui.core.train.config import FORBIDDEN_TARGETS, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from llamaforge_tui.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+# -- device and precision ------------------------------------------------------------------------
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} requested but no CUDA GPU is visible; use --device cpu")
+    if name == "cuda":
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 / AMX: bf16 matmuls run 2-4x faster than fp32 on such CPUs."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Base weights are stored in ``param_dtype``; matmuls run under ``autocast`` (None: plain fp32).
+    LoRA weights, optimizer state and the loss stay fp32 in every mode."""
+
+    param_dtype: str  # "float32" | "bfloat16" | "float16"
+    autocast: str | None  # None | "bfloat16" | "float16"
+
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.param_dtype)
+
+
+def resolve_precision(dtype: str, device: torch.device) -> Precision:
+    import torch
+
+    if dtype == "auto":
+        if device.type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        elif device.type == "cpu" and cpu_has_fast_bf16():
+            dtype = "bfloat16"
+        else:
+            dtype = "float32"
+    if dtype == "float16" and device.type != "cuda":
+        raise ConfigError("dtype float16 needs a CUDA GPU; use bfloat16 or float32 on this device")
+    if dtype == "float32":
+        return Precision("float32", None)
+    return Precision(dtype, dtype)
+
+
+# -- model ----------------------------------------------------------------------------------------
+@dataclass
+class ModelBundle:
+    model: Any  # transformers causal LM
+    tokenizer: Any
+    chat_template: Any  # str | None, or the SOURCES bundle
+    architecture: str | None
+    description: dict[str, Any]
+    ollama_template: str | None = None  # the Ollama model's TEMPLATE layer (Go), for chat_template = "ollama"
+
+
+def load_model(config: TrainConfig, settings: Settings, precision: Precision, device: torch.device) -> ModelBundle:
+    """Load the model through the model-sources core (GGUF, Ollama, HF repo or folder)."""
+    from llamaforge_tui.core.model import loading
+
+    loaded = loading.load_model(config.model, settings, weights=config.weights, dtype=precision.param_dtype,
+                                device=str(device))
+    desc = loaded.description
+    description = desc.to_dict() if hasattr(desc, "to_dict") else dict(desc)
+    return ModelBundle(loaded.model, loaded.tokenizer, loaded.chat_template, description.get("architecture"),
+                       description, getattr(loaded, "ollama_template", None))
+
+
+# -- data -----------------------------------------------------------------------------------------
+@dataclass
+class DataBundle:
+    train: list[Any]
+    eval: list[Any]
+    stats: dict[str, Any]
+
+
+def prepare_data(config: TrainConfig, bundle: ModelBundle) -> DataBundle:
+    from llamaforge_tui.core.data.dataset import prepare_dataset, resolve_chat_template
+
+    tok = bundle.tokenizer
+    source: Any = tok
+    if isinstance(bundle.chat_template, str) and not getattr(tok, "chat_template", None):
+        tok.chat_template = bundle.chat_template
+    template = resolve_chat_template(source, bundle.architecture, override=config.chat_template,
+                                     ollama_template=bundle.ollama_template)
+    prepared = prepare_dataset(config.data, tok, template, max_seq_len=config.max_seq_len,
+                               format=config.data_format, policy=config.data_policy,
+                               eval_split=config.eval_split, seed=config.seed)
+    stats = dataclasses.asdict(prepared.stats) if dataclasses.is_dataclass(prepared.stats) else dict(prepared.stats)
+    stats.update({"format": prepared.format, "template": prepared.template_name, "train_examples": len(prepared.train),
+                  "eval_examples": len(prepared.eval), "invalid_records": len(prepared.errors),
+                  "warnings": list(getattr(prepared, "warnings", []) or [])})
+    return DataBundle(prepared.train, prepared.eval, stats)
+
+
+# -- LoRA -----------------------------------------------------------------------------------------
+def default_target_modules(model: Any) -> list[str]:
+    """Every linear projection inside the transformer blocks (q/k/v/o, gate/up/down, fused variants),
+    never the embedding or the output head."""
+    names: set[str] = set()
+    for full_name, module in model.named_modules():
+        leaf = full_name.rsplit(".", 1)[-1]
+        is_linear = hasattr(module, "in_features") and hasattr(module, "out_features") and "Linear" in type(module).__name__
+        if is_linear and leaf not in FORBIDDEN_TARGETS and ".layers." in f".{full_name}":
+            names.add(leaf)
+    if not names:
+        raise ConfigError("found no linear layers to put LoRA on; set target_modules in the config")
+    return sorted(names)
+
+
+def apply_lora(model: Any, config: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(config.target_modules) or default_target_modules(model)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, use_rslora=config.use_rslora, bias="none", task_type="CAUSAL_LM")
+    try:
+        peft_model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ConfigError(f"cannot apply LoRA to {targets}: {exc}") from exc
+    for name, p in peft_model.named_parameters():  # keep what we train in fp32 whatever the base dtype
+        if p.requires_grad and p.dtype != _fp32():
+            log.debug("upcasting %s to fp32", name)
+            p.data = p.data.float()
+    return peft_model
+
+
+def _fp32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total). The total counts quantized GGUF weights too, which are buffers, not parameters."""
+    from llamaforge_tui.core.model.quantized import logical_parameter_count
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, int(logical_parameter_count(model))
+
+
+# -- optimizer and schedule -----------------------------------------------------------------------
+def make_optimizer(model: Any, config: TrainConfig) -> torch.optim.Optimizer:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise LlamaForgeError("no trainable parameters after applying LoRA")
+    return torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                             weight_decay=config.weight_decay)
+
+
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    if config.warmup_steps is not None:
+        return min(config.warmup_steps, total_steps)
+    return int(math.ceil(0.03 * total_steps))
+
+
+def lr_factor(step: int, total_steps: int, warmup: int, kind: str) -> float:
+    """Multiplier of the peak learning rate before optimizer step ``step`` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "constant" or total_steps <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
+    import functools
+
+    import torch
+
+    fn = functools.partial(lr_factor, total_steps=total_steps, warmup=warmup_steps(config, total_steps),
+                           kind=config.scheduler)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
