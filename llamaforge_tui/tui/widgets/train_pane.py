@@ -27,33 +27,23 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, Static, TabbedContent, TabPane
+from textual.widgets import Button, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.train.events import BatchingEmit, Event, EventReader, LogLine, RunFailed, RunFinished
+from llamaforge_tui.core.train.events import BatchingEmit, Event, EventReader
 from llamaforge_tui.core.train.config import TrainConfig
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges
 from llamaforge_tui.tui.widgets.log_panel import LogPanel, PanelLogHandler
 from llamaforge_tui.tui.widgets.loss_chart import LossChart
 from llamaforge_tui.tui.widgets.run_form import ConfigFileBar, RunForm
 from llamaforge_tui.tui.widgets.panes import Panes
+from llamaforge_tui.tui.widgets.run_monitor import RunMonitor
 from llamaforge_tui.tui.widgets.run_plan import RunPlan
-from llamaforge_tui.tui.widgets.run_state import (
-    ENDED,
-    IDLE,
-    INTERRUPTED,
-    RUNNING,
-    STATUSES,
-    STOPPING,
-    RunState,
-    progress_line,
-    stats_line,
-)
+from llamaforge_tui.tui.widgets.run_state import ENDED, INTERRUPTED, RUNNING, STOPPING, RunState
 from llamaforge_tui.tui.widgets.runs_list import RunsList
 
 TrainFn = Callable[..., Any]  # core.trainer.run(config, emit, stop_event, *, resume_from, settings)
-STATE_CLASSES = tuple(f"-{status}" for status in STATUSES)
 # Once a second is plenty for a run watched for hours, and keeps the UI's CPU away from training.
 REFRESH_SECONDS = 1.0
 EVENT_BATCH_SECONDS = 0.5  # a local run's steps reach the UI in batches this far apart, at most
@@ -96,7 +86,6 @@ class TrainPane(Vertical):
         self.quit_after_stop = False
         self._dirty = True
         self._last_refresh = 0.0
-        self._shown_text: dict[str, str] = {}
         self._log_handler: PanelLogHandler | None = None
 
     # -- layout ----------------------------------------------------------------------------------
@@ -116,14 +105,7 @@ class TrainPane(Vertical):
                     yield Button(Text("Stop [s]"), id="train-stop", variant="error")
                     yield Button(Text("Resume [r]"), id="train-resume")
                     yield Button(Text("Export [e]"), id="train-export")
-            with Vertical(id="train-monitor"):
-                yield Static("No run yet: fill in the form and press t, or pick one under Runs.",
-                             id="run-title", markup=False)
-                yield Static("", id="run-progress", markup=False)
-                yield Static("", id="run-stats", markup=False)
-                yield LossChart(id="loss-chart")
-                yield GpuGauges(id="gauges", gpu_sampler=getattr(services, "gpu_sampler", None))
-                yield LogPanel(id="log-panel")
+            yield RunMonitor(id="train-monitor", gpu_sampler=getattr(services, "gpu_sampler", None))
 
     def on_mount(self) -> None:
         self._log_handler = PanelLogHandler(self.query_one(LogPanel))
@@ -362,26 +344,16 @@ class TrainPane(Vertical):
             return  # a late batch from a follower we already stopped
         stopping = self.state.status == STOPPING
         status_before, seen_before = self.state.status, self.state.events_seen
-        panel = self.query_one(LogPanel)
+        monitor = self.query_one(RunMonitor)
         for event in message.events:
             self.state.apply(event)
-            if isinstance(event, LogLine):
-                panel.write_event(event)
-            elif isinstance(event, RunFinished):
-                line = (f"run {'stopped' if event.stopped else 'finished'} at step {event.step}"
-                        + (f"; adapter: {event.adapter_path}" if event.adapter_path else ""))
-                panel.write_line(line)
-                if message.origin == "local":  # the user may be on another tab
-                    self.notify(line, title="Training", markup=False)
-            elif isinstance(event, RunFailed):
-                panel.write_line(f"run failed ({event.kind}): {event.reason}")
-                if message.origin == "local":
-                    self.notify(event.reason, title="Training failed", severity="error", markup=False)
+            monitor.record(event, local=message.origin == "local")
         if stopping and not self.state.ended:
             self.state.status = STOPPING
         if message.trainer_alive is False and self.state.status == RUNNING:
             self.state.status = INTERRUPTED
-            panel.write_line("no process is training this run any more (killed or crashed); resume it with r")
+            self.query_one(LogPanel).write_line(
+                "no process is training this run any more (killed or crashed); resume it with r")
         elif message.trainer_alive and self.state.status == INTERRUPTED:
             self.state.status = RUNNING
         self._dirty = True
@@ -398,41 +370,13 @@ class TrainPane(Vertical):
         if time.monotonic() - self._last_refresh >= 1.5 * REFRESH_SECONDS:
             self._refresh_monitor()
 
-    def _set_text(self, selector: str, text: str) -> None:
-        """Update a Static only when its text changed: every update repaints it."""
-        if self._shown_text.get(selector) != text:
-            self._shown_text[selector] = text
-            self.query_one(selector, Static).update(Text(text), layout=False)  # fixed size: no layout pass
-
     def _refresh_monitor(self) -> None:
         self._last_refresh = time.monotonic()
         if not self._dirty:
             return
         self._dirty = False
         state = self.state
-        # The status class goes on the title, not the pane: a class change on the pane restyles every
-        # widget in it (hundreds of ms on a busy CPU), and only the title's colour depends on it.
-        title_widget = self.query_one("#run-title", Static)
-        wanted = f"-{state.status}"
-        if not title_widget.has_class(wanted):
-            title_widget.remove_class(*STATE_CLASSES)
-            title_widget.add_class(wanted)
-        title = {IDLE: "No run yet: fill in the form and press t, or pick one under Runs.",
-                 STOPPING: "stopping… (finishing the current step and writing a checkpoint)"}.get(state.status)
-        if title is None:
-            where = f"{state.run_id}" if state.run_id else "run"
-            title = f"{where}: {state.status}"
-            if state.failed is not None:
-                title += f" - {state.failed.reason}"
-        elif state.status == STOPPING and state.run_id:
-            title = f"{state.run_id}: {title}"
-        self._set_text("#run-title", title)
-        # A text bar, not Textual's ProgressBar: its labels re-lay out the whole screen at every update,
-        # which on a CPU busy training took a noticeable share of the CPU from the run.
-        width = self.query_one("#run-progress", Static).size.width
-        self._set_text("#run-progress", progress_line(state, self.run_active, width))
-        self._set_text("#run-stats", stats_line(state))
-        self.query_one(LossChart).set_points(state.train_points, state.eval_points)
+        self.query_one(RunMonitor).show(state, self.run_active)
         # Dimmed, not disabled: disabling the focused button would throw focus into the form, where the
         # next key (s, r, t) would be typed into a field instead of acting.
         ended = state.ended and not self.run_active
