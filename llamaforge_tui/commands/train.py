@@ -19,8 +19,8 @@ from typing import Any
 from llamaforge_tui.commands.common import add_json_flag, print_json, settings_from_args
 from llamaforge_tui.core.train import runs
 from llamaforge_tui.core.errors import ConfigError
-from llamaforge_tui.core.train.events import (CheckpointSaved, EvalLogged, Event, LogLine, RunFailed, RunFinished,
-                                        RunStarted, StepLogged)
+from llamaforge_tui.core.train.events import (CheckpointSaved, EvalLogged, EvalSummary, Event, LogLine, RunFailed,
+                                        RunFinished, RunStarted, StepLogged)
 from llamaforge_tui.core.fsutil import human_bytes
 from llamaforge_tui.core.train.config import TrainConfig
 
@@ -75,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: length-grouped batches)")
     parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches (the default)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    parser.add_argument("--eval-at-end", action=argparse.BooleanOptionalAction, default=None,
+                        help="after the last step, base vs tuned loss and perplexity (default: on when the run "
+                             "has an eval split; --eval-at-end without one measures the training data)")
     add_json_flag(parser)
     parser.set_defaults(func=run_train)
 
@@ -100,6 +103,8 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
         changes["packing"] = False
     if getattr(args, "gradient_checkpointing", False):
         changes["gradient_checkpointing"] = True
+    if getattr(args, "eval_at_end", None) is not None:
+        changes["eval_at_end"] = args.eval_at_end
     return config.replace(**changes) if changes else config
 
 
@@ -136,6 +141,8 @@ def format_event(event: Event) -> str | None:
                 f"  folder: {event.run_dir}")
     if isinstance(event, EvalLogged):
         return f"eval  step {event.step}  loss {event.eval_loss:.4f}"
+    if isinstance(event, EvalSummary):
+        return eval_summary_line(event)
     if isinstance(event, CheckpointSaved):
         return f"checkpoint  {event.path}"
     if isinstance(event, LogLine):
@@ -147,6 +154,17 @@ def format_event(event: Event) -> str | None:
     if isinstance(event, RunFailed):
         return None  # printed as the command's error line
     return None
+
+
+def eval_summary_line(event: EvalSummary) -> str:
+    """``eval at end (eval split, 12 examples): loss 3.2101 -> 0.4512, perplexity 24.78 -> 1.57``"""
+    def pair(base: float | None, tuned: float | None, spec: str) -> str:
+        return f"{'n/a' if base is None else format(base, spec)} -> {'n/a' if tuned is None else format(tuned, spec)}"
+
+    what = "held-out eval split" if event.split == "eval" else "training data: memorization"
+    return (f"eval at end, base -> tuned ({what}, {event.examples} examples, {event.tokens} tokens): loss "
+            f"{pair(event.base_loss, event.tuned_loss, '.4f')}, perplexity "
+            f"{pair(event.base_perplexity, event.tuned_perplexity, '.2f')}")
 
 
 def _printer(as_json: bool) -> Any:

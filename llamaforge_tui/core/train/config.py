@@ -78,6 +78,9 @@ class TrainConfig:
     # Bookkeeping.
     log_every: int = 1
     eval_every: int = 0  # 0: evaluate at the end only (when there is an eval split)
+    # After the last step, base vs tuned loss (adapter off/on) as an EvalSummary event. None: when the run
+    # has an eval split; True: always (on the training data when there is no split); False: never.
+    eval_at_end: bool | None = None
     save_every: int = 50  # checkpoint every N optimizer steps (0: only at the end / on stop)
     keep_checkpoints: int = 3
     output_dir: str = ""  # the run folder; empty: <runs dir>/<run id>

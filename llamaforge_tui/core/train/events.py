@@ -71,6 +71,21 @@ class EvalLogged(Event):
 
 
 @dataclass(frozen=True)
+class EvalSummary(Event):
+    """Base vs tuned after the last step (``train --eval-at-end``): the same masked loss with the adapter off
+    and on. ``split`` is "eval" (held-out examples) or "train" (the training data: memorization)."""
+
+    step: int
+    split: str
+    base_loss: float | None
+    tuned_loss: float | None
+    base_perplexity: float | None
+    tuned_perplexity: float | None
+    tokens: int = 0
+    examples: int = 0
+
+
+@dataclass(frozen=True)
 class CheckpointSaved(Event):
     step: int
     path: str
@@ -101,7 +116,8 @@ class RunFailed(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in (RunStarted, StepLogged, EvalLogged, CheckpointSaved, LogLine, RunFinished, RunFailed)
+    cls.__name__: cls for cls in (RunStarted, StepLogged, EvalLogged, EvalSummary, CheckpointSaved, LogLine,
+                                  RunFinished, RunFailed)
 }
 
 Emit = Callable[[Event], None]
