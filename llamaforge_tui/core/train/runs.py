@@ -8,6 +8,7 @@ Layout of ``<runs dir>/<run id>/``::
     checkpoints/step-N/  resumable checkpoints (see checkpoint.py); ``.tmp-*`` folders are half-written
     adapter/             the final LoRA adapter (peft save_pretrained, safetensors)
     stop                 present while a stop is requested (a monitor in another process may create it)
+    exports.jsonl        one line per export (the ``export --json`` object, plus ``time``)
     .lock                held (flock) by the process training the run, so a crashed run reads "interrupted"
 
 The status comes from the last terminal event and the lock, never from a separate status file that
@@ -41,6 +42,7 @@ CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 STOP_FILE = "stop"
 LOCK_FILE = ".lock"
+EXPORTS_FILE = "exports.jsonl"
 
 STATUSES = ("running", "finished", "stopped", "failed", "interrupted", "new")
 
@@ -248,4 +250,49 @@ def runs_by_hf_repo(settings: Settings) -> dict[str, list[str]]:
         repo = description.get("hf_repo") if isinstance(description, dict) else None
         if repo:
             usage.setdefault(repo, []).append(str(run.run_id))
+    return usage
+
+
+# -- exports and the Ollama models runs came from ------------------------------------------------
+def record_export(run_dir: Path | str, record: dict[str, Any]) -> None:
+    """Append one export's ``export --json`` object to ``exports.jsonl`` (``runs show`` lists them). The file
+    is rewritten atomically, so a crash never leaves half a line."""
+    path = Path(run_dir) / EXPORTS_FILE
+    try:
+        old = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old = ""
+    line = json.dumps({**record, "time": time.time()}, ensure_ascii=False, default=str)
+    atomic_write_text(path, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
+
+
+def _ollama_name(text: str) -> str | None:
+    if not text.startswith("ollama:"):
+        return None
+    name = text[len("ollama:"):].strip()
+    return name if ":" in name.rsplit("/", 1)[-1] else (name + ":latest" if name else None)
+
+
+def runs_by_ollama_model(settings: Settings) -> dict[str, list[str]]:
+    """``{ollama model name: [why]}``: the models a run was trained from ("run X was trained from it") and the
+    ones an export registered ("exported from run X"), so a delete can flag them. Empty when runs cannot be read."""
+    try:
+        summaries = list_runs(settings)
+    except (LlamaForgeError, OSError) as exc:
+        log.warning("cannot list training runs: %s", exc)
+        return {}
+    usage: dict[str, list[str]] = {}
+    for run in summaries:
+        name = _ollama_name(run.source or "") or read_source(run.path).get("ollama_model")
+        if name:
+            usage.setdefault(str(name), []).append(f"run {run.run_id} was trained from it")
+        try:
+            lines = (run.path / EXPORTS_FILE).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            with contextlib.suppress(ValueError, AttributeError):
+                registered = json.loads(line).get("registered_as")
+                if registered:
+                    usage.setdefault(str(registered), []).append(f"exported from run {run.run_id}")
     return usage
