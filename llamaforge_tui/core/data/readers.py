@@ -8,14 +8,25 @@ file. A JSON array is one value, so it is read whole (``json`` cannot stream it)
 from __future__ import annotations
 
 import csv
-import io
-import json
+import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+import stat
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from llamaforge_tui.core.data.json_rows import (
+    BadBytes,
+    Progress,
+    Row,
+    capped_lines,
+    decode_utf8,
+    json_reason,
+    json_rows,
+    jsonl_rows,
+    too_long,
+)
 from llamaforge_tui.core.data.records import (
     EXPECTED_SHAPES,
     SHAPES,
@@ -25,6 +36,7 @@ from llamaforge_tui.core.data.records import (
     normalize_shape,
 )
 from llamaforge_tui.core.errors import DatasetError
+from llamaforge_tui.core.fsutil import FileTooLarge, loads_json, open_regular, read_regular
 
 CONTAINERS = ("jsonl", "json", "csv", "tsv", "text", "textdir")
 CONTAINER_ALIASES = {"ndjson": "jsonl", "jsonlines": "jsonl", "txt": "text", "plain": "text", "dir": "textdir"}
@@ -33,9 +45,6 @@ EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".jsonlines": "jsonl", ".js
 TEXT_DIR_SUFFIXES = (".txt", ".text", ".md")
 DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024  # one record (line, row, paragraph) larger than this is rejected
 DETECT_ROWS = 50
-
-Progress = Callable[[int, int], None]  # (bytes read, total bytes)
-Row = tuple[int, Any]  # (line, parsed mapping) or (line, RecordError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +80,11 @@ def parse_format_spec(spec: str | None) -> tuple[str | None, str | None]:
 
 
 def _sniff(path: Path) -> bytes:
-    with path.open("rb") as fh:
-        return fh.read(64 * 1024)
+    try:
+        with open_regular(path) as fh:
+            return fh.read(64 * 1024)
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def detect_container(path: Path) -> str:
@@ -92,131 +104,11 @@ def detect_container(path: Path) -> str:
     if stripped.startswith(b"{"):
         first_line = stripped.split(b"\n", 1)[0]
         try:
-            json.loads(first_line)
+            loads_json(first_line)
             return "jsonl"  # a whole object on the first line: one record per line
-        except ValueError:
+        except (ValueError, UnicodeDecodeError):  # malformed, too deep, a number too long
             return "json"
     return by_ext or "text"
-
-
-# ---------------------------------------------------------------------------------------------- JSONL
-
-def _decode(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _BadBytes(f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}") from None
-
-
-class _BadBytes(ValueError):
-    pass
-
-
-def _capped_lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """(line number, line bytes or None when over ``max_bytes``, line size) without reading a huge line whole."""
-    lineno = 0
-    while True:
-        raw = fh.readline(max_bytes + 1)
-        if not raw:
-            return
-        lineno += 1
-        if len(raw) > max_bytes and not raw.endswith(b"\n"):
-            size = len(raw)
-            while True:  # skip the rest of the line in bounded chunks
-                chunk = fh.readline(1 << 20)
-                size += len(chunk)
-                if not chunk or chunk.endswith(b"\n"):
-                    break
-            yield lineno, None, size
-            continue
-        yield lineno, raw, len(raw)
-
-
-def _too_long(size: int, max_bytes: int) -> str:
-    return f"over-long record: {size:,} bytes, over the limit of {max_bytes:,} bytes"
-
-
-def _jsonl_rows(path: Path, max_bytes: int, progress: Progress | None) -> Iterator[Row]:
-    total = path.stat().st_size
-    done = 0
-    with path.open("rb") as fh:
-        for lineno, raw, size in _capped_lines(fh, max_bytes):
-            done += size
-            if progress is not None and lineno % 256 == 0:
-                progress(done, total)
-            if raw is None:
-                yield lineno, RecordError(lineno, _too_long(size, max_bytes))
-                continue
-            if lineno == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            if not raw.strip():
-                continue
-            try:
-                yield lineno, json.loads(_decode(raw))
-            except _BadBytes as exc:
-                yield lineno, RecordError(lineno, str(exc))
-            except json.JSONDecodeError as exc:
-                yield lineno, RecordError(lineno, f"malformed JSON: {exc.msg} at column {exc.colno}")
-    if progress is not None:
-        progress(total, total)
-
-
-# ---------------------------------------------------------------------------------------------- JSON
-
-_ARRAY_KEYS = ("data", "train", "records", "examples", "rows", "items", "dataset", "samples")
-
-
-def _json_rows(path: Path, max_bytes: int, progress: Progress | None) -> Iterator[Row]:
-    raw = path.read_bytes()
-    # surrogateescape keeps bad bytes as lone surrogates: the record holding them is rejected, not the file.
-    text = raw.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    decoder = json.JSONDecoder()
-    pos = len(text) - len(text.lstrip())
-    if pos >= len(text):
-        return
-    if text[pos] == "{":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield exc.lineno, RecordError(exc.lineno, f"malformed JSON: {exc.msg} at column {exc.colno}")
-            return
-        if detect_shape(obj) is not None:  # a single record
-            yield text.count("\n", 0, pos) + 1, obj
-            return
-        key = next((k for k in _ARRAY_KEYS if isinstance(obj.get(k), list)), None) or next(
-            (k for k, v in obj.items() if isinstance(v, list)), None)
-        if key is None:
-            raise DatasetError(f"{path}: the JSON object holds no array of records (keys: {', '.join(map(str, obj))})")
-        match = re.search(r'"' + re.escape(json.dumps(key)[1:-1]) + r'"\s*:\s*\[', text)
-        if match is None:  # escaped key spelling: fall back to item numbers
-            for i, item in enumerate(obj[key], start=1):
-                yield i, item
-            return
-        pos = match.end() - 1
-    elif text[pos] != "[":
-        raise DatasetError(f"{path}: expected a JSON array of records or an object holding one")
-    pos += 1  # past "["
-    line, counted = 1 + text.count("\n", 0, pos), pos
-    ws = re.compile(r"[\s,]*")
-    while True:
-        pos = ws.match(text, pos).end()
-        if pos >= len(text) or text[pos] == "]":
-            break
-        line += text.count("\n", counted, pos)
-        counted = pos
-        try:
-            item, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            yield exc.lineno, RecordError(
-                exc.lineno, f"malformed JSON: {exc.msg} at column {exc.colno}; the rest of the file cannot be read")
-            return
-        if end - pos > max_bytes:
-            yield line, RecordError(line, _too_long(end - pos, max_bytes))
-        else:
-            yield line, item
-        pos = end
-        if progress is not None:
-            progress(pos, len(text))
 
 
 # ---------------------------------------------------------------------------------------------- CSV / TSV
@@ -224,16 +116,44 @@ def _json_rows(path: Path, max_bytes: int, progress: Progress | None) -> Iterato
 _JSON_COLUMNS = ("messages", "conversations")
 
 
+class _LineTooLong(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+class _CappedText:
+    """The file's lines, decoded, for ``csv.reader``: a line over ``max_bytes`` raises ``_LineTooLong`` (the
+    reader survives it and goes on), so a huge line is skipped in chunks instead of being read whole."""
+
+    def __init__(self, fh: BinaryIO, max_bytes: int) -> None:
+        self._lines = capped_lines(fh, max_bytes)
+        self._first = True
+
+    def __iter__(self) -> _CappedText:
+        return self
+
+    def __next__(self) -> str:
+        _lineno, raw, size = next(self._lines)
+        if raw is None:
+            raise _LineTooLong(size)
+        if self._first:
+            raw, self._first = raw.removeprefix(b"\xef\xbb\xbf"), False
+        return raw.decode("utf-8", errors="surrogateescape")
+
+
 def _csv_rows(path: Path, delimiter: str, max_bytes: int, progress: Progress | None) -> Iterator[Row]:
     csv.field_size_limit(max(max_bytes, 131072))
     total = path.stat().st_size
-    with path.open("rb") as braw:
-        fh = io.TextIOWrapper(braw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(fh, delimiter=delimiter)
+    with open_regular(path) as braw:
+        reader = csv.reader(_CappedText(braw, max_bytes), delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
             return
+        except (csv.Error, _LineTooLong) as exc:
+            reason = too_long(exc.size, max_bytes) if isinstance(exc, _LineTooLong) else str(exc)
+            raise DatasetError(f"{path}: the header row cannot be read ({reason})") from None
         if not any(h.strip() for h in header):
             raise DatasetError(f"{path}: the first row must be a header naming the columns")
         header = [h.strip() for h in header]
@@ -248,6 +168,10 @@ def _csv_rows(path: Path, delimiter: str, max_bytes: int, progress: Progress | N
                 prev_end = reader.line_num
                 yield line, RecordError(line, f"malformed CSV row: {exc}")
                 continue
+            except _LineTooLong as exc:
+                prev_end += 1
+                yield prev_end, RecordError(prev_end, too_long(exc.size, max_bytes))
+                continue
             line, prev_end = prev_end + 1, reader.line_num
             if not fields or not any(f.strip() for f in fields):
                 continue
@@ -259,9 +183,9 @@ def _csv_rows(path: Path, delimiter: str, max_bytes: int, progress: Progress | N
                 value = row.get(col)
                 if isinstance(value, str) and value.lstrip().startswith("["):
                     try:
-                        row[col] = json.loads(value)
-                    except json.JSONDecodeError as exc:
-                        row = {"__error__": f"column '{col}' is not valid JSON: {exc.msg}"}
+                        row[col] = loads_json(value)
+                    except ValueError as exc:  # malformed, too deep, a number too long
+                        row = {"__error__": f"column '{col}' is not valid JSON: {json_reason(exc)}"}
                         break
             if "__error__" in row:
                 yield line, RecordError(line, row["__error__"])
@@ -280,8 +204,8 @@ def _paragraph_rows(path: Path, max_bytes: int, progress: Progress | None) -> It
     total = path.stat().st_size
     done = size = start = 0
     buf: list[bytes] = []
-    with path.open("rb") as fh:
-        for lineno, raw, n in _capped_lines(fh, max_bytes):
+    with open_regular(path) as fh:
+        for lineno, raw, n in capped_lines(fh, max_bytes):
             done += n
             if raw is not None and not raw.strip():
                 if size:
@@ -306,25 +230,29 @@ def _paragraph_rows(path: Path, max_bytes: int, progress: Progress | None) -> It
 
 def _paragraph(line: int, buf: list[bytes], size: int, max_bytes: int) -> Row:
     if size > max_bytes:
-        return line, RecordError(line, _too_long(size, max_bytes))
+        return line, RecordError(line, too_long(size, max_bytes))
     try:
-        return line, {"text": _decode(b"".join(buf)).strip("\r\n").removeprefix("\ufeff")}
-    except _BadBytes as exc:
+        return line, {"text": decode_utf8(b"".join(buf)).strip("\r\n").removeprefix("\ufeff")}
+    except BadBytes as exc:
         return line, RecordError(line, f"{exc} (in the paragraph starting here)")
 
 
 def _document_rows(paths: list[Path], max_bytes: int, progress: Progress | None) -> Iterator[Row]:
     """One document per file; the 'line' of file N in a folder is N (the reason names the file)."""
     for i, p in enumerate(paths, start=1):
-        size = p.stat().st_size
-        label = p.name if len(paths) > 1 else None
-        if size > max_bytes:
-            yield i, RecordError(i, _too_long(size, max_bytes) + (f" ({label})" if label else ""))
+        label = f" ({p.name})" if len(paths) > 1 else ""
+        try:
+            data = read_regular(p, max_bytes)
+        except FileTooLarge:
+            yield i, RecordError(i, too_long(p.stat().st_size, max_bytes) + label)
+            continue
+        except OSError as exc:
+            yield i, RecordError(i, f"cannot read the file: {exc.strerror or exc}{label}")
             continue
         try:
-            yield i, {"text": _decode(p.read_bytes()).removeprefix("\ufeff")}
-        except _BadBytes as exc:
-            yield i, RecordError(i, f"{exc}" + (f" ({label})" if label else ""))
+            yield i, {"text": decode_utf8(data).removeprefix("\ufeff")}
+        except BadBytes as exc:
+            yield i, RecordError(i, f"{exc}{label}")
         if progress is not None:
             progress(i, len(paths))
 
@@ -340,9 +268,9 @@ def iter_rows(path: Path, fmt: DatasetFormat, *, max_record_bytes: int = DEFAULT
     """Parsed rows of ``path`` (mappings, not yet validated) or RecordErrors, each with its line."""
     c = fmt.container
     if c == "jsonl":
-        return _jsonl_rows(path, max_record_bytes, progress)
+        return jsonl_rows(path, max_record_bytes, progress)
     if c == "json":
-        return _json_rows(path, max_record_bytes, progress)
+        return json_rows(path, max_record_bytes, progress)
     if c in ("csv", "tsv"):
         return _csv_rows(path, "\t" if c == "tsv" else ",", max_record_bytes, progress)
     if c == "textdir":
@@ -360,6 +288,8 @@ def detect_format(path: str | Path, format: str | None = None,
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
+    if not path.is_dir() and not stat.S_ISREG(os.stat(path).st_mode):
+        raise DatasetError(f"{path} is not a regular file (a FIFO, socket or device); give a dataset file")
     container, shape = parse_format_spec(format)
     if container is None:
         container = detect_container(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,10 +78,8 @@ class GgufFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if self.path.is_dir():
-            raise GgufError(f"{self.path}: is a directory, not a GGUF file")
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
+        try:  # non-blocking: a FIFO must not hang the open; only regular files are read
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise GgufError(f"{self.path}: file not found") from None
         except PermissionError:
@@ -88,10 +87,19 @@ class GgufFile:
         except OSError as exc:
             raise GgufError(f"{self.path}: cannot open ({exc.strerror})") from None
         try:
-            self.file_size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise GgufError(f"{self.path}: is a directory, not a GGUF file")
+            if not stat.S_ISREG(st.st_mode):
+                raise GgufError(f"{self.path}: not a regular file (a FIFO, socket or device)")
+            self.file_size = st.st_size
             if self.file_size < 24:
                 raise GgufError(f"{self.path}: too small to be a GGUF file ({self.file_size} bytes)")
-            self._buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            try:
+                self._buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError, OverflowError) as exc:  # ENOMEM, no address space, a file that shrank
+                reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+                raise GgufError(f"{self.path}: cannot map the file ({reason})") from None
         finally:
             os.close(fd)
         try:
@@ -170,6 +178,8 @@ class GgufFile:
         self.tensors: list[TensorInfo] = []
         self._by_name: dict[str, TensorInfo] = {}
         for name, ne, gtype, rel in infos:
+            if gtype not in GGML_QUANT_SIZES:
+                raise GgufError(f"tensor {name!r} has ggml type {gtype.name}, which has no known block size")
             block, type_size = GGML_QUANT_SIZES[gtype]
             n = 1
             for d in ne:

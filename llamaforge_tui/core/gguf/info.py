@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from llamaforge_tui.core.fsutil import atomic_write_text
+from llamaforge_tui.core.fsutil import atomic_write_text, loads_json, read_regular
 from llamaforge_tui.core.gguf.file import FILE_TYPE_NAMES, GgufFile
 from llamaforge_tui.core.gguf.values import LazyArray
 
@@ -84,12 +84,48 @@ class GgufSummary:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GgufSummary:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+    def from_dict(cls, data: Any) -> GgufSummary:
+        """The inverse of ``to_dict``. Every field's type is checked (the dict comes from a cache file on
+        disk, which may be corrupt): anything off raises ``ValueError``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a summary must be an object, not {type(data).__name__}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                if f.name == "base_models":
+                    continue
+                raise ValueError(f"missing field {f.name!r}")
+            value = data[f.name]
+            if not _field_ok(str(f.type), value):
+                raise ValueError(f"field {f.name!r} has a wrong type ({type(value).__name__})")
+            values[f.name] = value
         values["path"] = Path(values["path"])
-        values["base_models"] = tuple(BaseModelRef(**b) for b in values.get("base_models", ()))
+        refs = values.get("base_models", [])
+        if not isinstance(refs, list) or not all(
+                isinstance(b, dict) and set(b) <= _REF_FIELDS and all(v is None or isinstance(v, str) for v in b.values())
+                for b in refs):
+            raise ValueError("field 'base_models' is not a list of base model entries")
+        values["base_models"] = tuple(BaseModelRef(**b) for b in refs)
         return cls(**values)
+
+
+_REF_FIELDS = frozenset(f.name for f in fields(BaseModelRef))
+
+
+def _field_ok(annotation: str, value: Any) -> bool:
+    """Whether a JSON value fits a ``GgufSummary`` field's annotation (the few kinds it uses)."""
+    if value is None:
+        return annotation.endswith("| None")
+    base = annotation.removesuffix(" | None")
+    if base == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base == "bool":
+        return isinstance(value, bool)
+    if base in ("str", "Path"):
+        return isinstance(value, str)
+    if base == "dict[str, int]":
+        return isinstance(value, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
+    return base.startswith("tuple[")  # base_models: checked by from_dict
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -202,13 +238,14 @@ class SummaryCache:
     """
 
     FORMAT = 1
+    MAX_BYTES = 256 * 1024 * 1024  # ~100 bytes of JSON per model: far more than any store needs
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._old: dict[str, Any] = {}
         self._new: dict[str, Any] = {}
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = loads_json(read_regular(path, self.MAX_BYTES))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
@@ -229,9 +266,9 @@ class SummaryCache:
         entry = self._old.get(key) or self._new.get(key)
         if isinstance(entry, dict) and entry.get("stamp") == stamp:
             try:
-                summary = GgufSummary.from_dict(entry["summary"])
-            except (KeyError, TypeError, ValueError) as exc:
-                log.debug("stale cache entry for %s: %s", path, exc)
+                summary = GgufSummary.from_dict(entry.get("summary"))
+            except (TypeError, ValueError) as exc:  # corrupt entry: discarded, the file is read again
+                log.debug("discarding the cached summary of %s: %s", path, exc)
             else:
                 self._new[key] = entry
                 return summary

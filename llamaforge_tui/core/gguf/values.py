@@ -1,7 +1,9 @@
 """Decoding GGUF metadata values from a memory-mapped file: scalars, strings and (lazy) arrays.
 
 Every count and length is checked against the bytes that remain before anything is allocated or
-walked; a value that runs past ``limit`` raises ``Truncated``, a wrong type tag ``GgufError``.
+walked; a value that runs past ``limit`` raises ``Truncated``, a wrong type tag ``GgufError``. Arrays of
+arrays nest at most ``MAX_ARRAY_DEPTH`` deep and are decoded in one pass (walking each level and then
+decoding it again would cost 2^depth).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from gguf import GGUFValueType
 from llamaforge_tui.core.errors import GgufError
 
 LAZY_ARRAY_MIN = 64  # arrays shorter than this are decoded eagerly
+MAX_ARRAY_DEPTH = 8  # llama.cpp writes at most arrays of arrays; deeper nesting is refused
+_ARRAY_HEADER = 12  # item type (u32) + count (u64): the least an inner array takes
 
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B",
@@ -71,13 +75,8 @@ class LazyArray:
                 self._cache = np.frombuffer(
                     self._buf, dtype=_NUMPY_DTYPES[self.item_type], count=self.count, offset=self.offset
                 ).copy()
-            else:  # nested arrays: decode through the generic reader
-                pos = self.offset
-                out = []
-                for _ in range(self.count):
-                    value, pos = read_value(self._buf, pos, self.item_type, len(self._buf), lazy=False)
-                    out.append(value)
-                self._cache = out
+            else:  # nested arrays are decoded by read_value and never reach a LazyArray
+                raise GgufError(f"cannot decode an array of {self.item_type.name}")
         return self._cache
 
     def iter_bytes(self) -> Iterator[bytes]:
@@ -129,7 +128,9 @@ def _skip_strings(buf: mmap.mmap, pos: int, count: int, limit: int) -> int:
     return pos
 
 
-def read_value(buf: mmap.mmap, pos: int, vtype: GGUFValueType, limit: int, *, lazy: bool) -> tuple[Any, int]:
+def read_value(buf: mmap.mmap, pos: int, vtype: GGUFValueType, limit: int, *, lazy: bool,
+               depth: int = 0) -> tuple[Any, int]:
+    """One value at ``pos`` -> (value, end). Big scalar/string arrays come back as ``LazyArray`` when ``lazy``."""
     fmt = _SCALAR_FORMATS.get(vtype)
     if fmt is not None:
         size = struct.calcsize(fmt)
@@ -153,10 +154,15 @@ def read_value(buf: mmap.mmap, pos: int, vtype: GGUFValueType, limit: int, *, la
         elif item_type == GGUFValueType.STRING:
             need(pos, count * 8, limit)  # each string has at least its length prefix
             end = _skip_strings(buf, pos, count, limit)
-        else:  # nested arrays: rare; walk them
-            end = pos
+        else:  # arrays of arrays: rare and small; decoded once, here, with a depth limit
+            if depth + 1 >= MAX_ARRAY_DEPTH:
+                raise GgufError(f"arrays nested more than {MAX_ARRAY_DEPTH} deep")
+            need(pos, count * _ARRAY_HEADER, limit)
+            items = []
             for _ in range(count):
-                _, end = read_value(buf, end, item_type, limit, lazy=True)
+                item, pos = read_value(buf, pos, item_type, limit, lazy=False, depth=depth + 1)
+                items.append(item)
+            return items, pos
         arr = LazyArray(buf, pos, count, item_type, end)
         if not lazy or count < LAZY_ARRAY_MIN:
             loaded = arr.load()

@@ -154,8 +154,11 @@ class CacheStatusLookup:
 
 def repo_from_url(url: str) -> str | None:
     """``https://huggingface.co/google/gemma-3-270m[/tree/main]`` -> ``google/gemma-3-270m``; other hosts -> None."""
-    parts = urlsplit(url.strip())
-    host = (parts.hostname or "").lower()
+    try:  # the URL comes from a GGUF: "http://[" or a fullwidth netloc make urllib raise ValueError
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return None
     if host not in ("huggingface.co", "www.huggingface.co", "hf.co"):
         return None
     segments = [s for s in parts.path.split("/") if s]

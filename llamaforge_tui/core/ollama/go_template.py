@@ -17,6 +17,11 @@ from typing import Any
 
 from llamaforge_tui.core.ollama.go_template_parse import GoTemplateError, Node, Pipe, parse
 
+# Evaluation budgets: a template is data from a model, and ``range 1000000000`` or a string doubled in a
+# loop must end in an error, not a hang or a runaway allocation. Real prompts are far below these.
+MAX_STEPS = 1_000_000  # nodes and commands evaluated
+MAX_OUTPUT_CHARS = 16 * 1024 * 1024  # rendered text, and any one string built by print/printf
+
 __all__ = ["GoStruct", "GoTemplateError", "Node", "Pipe", "cut_after_response", "execute", "identifiers", "parse"]
 
 
@@ -187,6 +192,19 @@ class _Evaluator:
     def __init__(self, root: Any) -> None:
         self.scope = _Scope(root)
         self.out: list[str] = []
+        self.steps = 0
+        self.out_chars = 0
+
+    def step(self, n: int = 1) -> None:
+        self.steps += n
+        if self.steps > MAX_STEPS:
+            raise GoTemplateError(f"template evaluation takes more than {MAX_STEPS:,} steps")
+
+    def emit(self, text: str) -> None:
+        self.out_chars += len(text)
+        if self.out_chars > MAX_OUTPUT_CHARS:
+            raise GoTemplateError(f"template output is longer than {MAX_OUTPUT_CHARS:,} characters")
+        self.out.append(text)
 
     def operand(self, tok: tuple[str, Any], dot: Any) -> Any:
         kind, text = tok
@@ -211,6 +229,9 @@ class _Evaluator:
         raise GoTemplateError(f"unexpected {text!r}")
 
     def command(self, cmd: list[Any], dot: Any, piped: tuple[Any] | tuple[()] = ()) -> Any:
+        self.step()
+        if not cmd:
+            raise GoTemplateError("missing value for command")
         head = cmd[0]
         if head[0] == "ident":
             name = head[1]
@@ -226,9 +247,12 @@ class _Evaluator:
                 raise GoTemplateError(f"function {name!r} is not supported")
             args = [self.operand(t, dot) for t in cmd[1:]] + list(piped)
             try:
-                return fn(*args)
-            except TypeError as exc:
+                result = fn(*args)
+            except (TypeError, ValueError) as exc:
                 raise GoTemplateError(f"wrong arguments for {name}: {exc}") from None
+            if isinstance(result, str) and len(result) > MAX_OUTPUT_CHARS:
+                raise GoTemplateError(f"{name} built a string longer than {MAX_OUTPUT_CHARS:,} characters")
+            return result
         if len(cmd) > 1 or piped:
             raise GoTemplateError(f"can't give arguments to non-function {head[1]!r}")
         return self.operand(head, dot)
@@ -247,12 +271,13 @@ class _Evaluator:
 
     def nodes(self, nodes: list[Node], dot: Any) -> None:
         for node in nodes:
+            self.step()
             if node.kind == "text":
-                self.out.append(node.text)
+                self.emit(node.text)
             elif node.kind == "action":
                 value = self.run_pipe(node.pipe, dot)  # type: ignore[arg-type]
                 if not node.pipe.decl:  # type: ignore[union-attr]
-                    self.out.append(go_str(value))
+                    self.emit(go_str(value))
             elif node.kind in ("if", "with"):
                 self.branch(node, dot)
             elif node.kind == "range":
@@ -283,6 +308,8 @@ class _Evaluator:
             elif isinstance(value, (list, tuple)):
                 items = list(enumerate(value))
             elif isinstance(value, int) and not isinstance(value, bool):
+                if value > MAX_STEPS:
+                    raise GoTemplateError(f"range over {value:,}: more than {MAX_STEPS:,} iterations")
                 items = [(i, i) for i in range(value)]
             elif value is None:
                 items = []
@@ -312,7 +339,9 @@ def execute(nodes: list[Node], data: Any) -> str:
     ev = _Evaluator(data)
     try:
         ev.nodes(nodes, data)
-    except RecursionError:  # pragma: no cover - pathological nesting
+    except _LoopControl as ctl:  # parse() refuses this; a hand-built tree might not
+        raise GoTemplateError(f"{{{{{ctl.kind}}}}} outside {{{{range}}}}") from None
+    except RecursionError:  # pragma: no cover - parse() bounds the nesting
         raise GoTemplateError("template nests too deeply") from None
     return "".join(ev.out)
 

@@ -16,6 +16,12 @@ class GoTemplateError(LlamaForgeError):
     """The template uses something this evaluator does not support, or fails as Go would."""
 
 
+# Explicit nesting limits, far above any real template (a few levels), so that parsing, evaluation and the
+# tree walks recurse a bounded number of times: blocks inside blocks, and parentheses inside parentheses.
+MAX_BLOCK_DEPTH = 50
+MAX_PAREN_DEPTH = 50
+_INT64 = 1 << 63
+
 
 # ---------------------------------------------------------------------------------------------- parsing
 
@@ -77,7 +83,7 @@ def _lex_action(src: str) -> list[tuple[str, Any]]:
         elif kind == "char":
             tokens.append(("lit", ord(_unquote(text[1:-1]))))
         elif kind == "num":
-            tokens.append(("lit", float(text) if "." in text else int(text)))
+            tokens.append(("lit", _number(text)))
         elif kind == "ident" and text in ("true", "false"):
             tokens.append(("lit", text == "true"))
         elif kind == "ident" and text == "nil":
@@ -85,6 +91,15 @@ def _lex_action(src: str) -> list[tuple[str, Any]]:
         else:
             tokens.append((kind or "", text))
     return tokens
+
+
+def _number(text: str) -> int | float:
+    """A numeric literal; integers must fit Go's int64, as Go's parser requires."""
+    if "." in text:
+        return float(text)
+    if len(text.lstrip("-")) > 19 or not -_INT64 <= (value := int(text)) < _INT64:
+        raise GoTemplateError(f"number out of range: {text[:30]}{'…' if len(text) > 30 else ''}")
+    return value
 
 
 def _split_actions(src: str) -> list[tuple[str, str]]:
@@ -149,11 +164,15 @@ def _parse_pipe(tokens: list[tuple[str, Any]]) -> Pipe:
     stack: list[list[list[Any]]] = []
     for kind, text in tokens:
         if kind == "punct" and text == "(":
+            if len(stack) >= MAX_PAREN_DEPTH:
+                raise GoTemplateError(f"parentheses nested more than {MAX_PAREN_DEPTH} deep")
             stack.append(cmds)
             cmds = [[]]
         elif kind == "punct" and text == ")":
             if not stack:
                 raise GoTemplateError("unbalanced ')'")
+            if any(not c for c in cmds):
+                raise GoTemplateError("missing value for command in '( )'")
             inner = Pipe([], False, cmds)
             cmds = stack.pop()
             cmds[-1].append(("pipe", inner))
@@ -184,6 +203,8 @@ def parse(src: str) -> list[Node]:
             raise GoTemplateError("empty action {{}}")
         head = tokens[0][1] if tokens[0][0] == "ident" else None
         if head in ("if", "range", "with"):
+            if len(stack) >= MAX_BLOCK_DEPTH:
+                raise GoTemplateError(f"{{{{{head}}}}} blocks nested more than {MAX_BLOCK_DEPTH} deep")
             node = Node(head)
             if head == "range":
                 node.pipe = _parse_pipe(tokens[1:])
@@ -209,8 +230,11 @@ def parse(src: str) -> list[Node]:
                 raise GoTemplateError("unexpected {{end}}")
             _node, current = stack.pop()
         elif head in ("break", "continue"):
-            if not any(block.kind == "range" for block, _ in stack):
+            # Only inside a range's body (blocks nested in it included), never in its {{else}}: as Go's parser.
+            if not any(block.kind == "range" and block.else_body is None for block, _ in stack):
                 raise GoTemplateError(f"{{{{{head}}}}} outside {{{{range}}}}")
+            if len(tokens) > 1:
+                raise GoTemplateError(f"unexpected {tokens[1][1]!r} in {{{{{head}}}}}")
             current.append(Node(head))
         elif head in ("define", "template", "block"):
             raise GoTemplateError(f"'{head}' actions are not supported")

@@ -8,13 +8,13 @@ is turned into a path, so a hostile manifest cannot point outside ``blobs/``.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llamaforge_tui.core.errors import StoreError
+from llamaforge_tui.core.fsutil import loads_json, read_regular
 
 IMAGE_PREFIX = "application/vnd.ollama.image."
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -27,6 +27,8 @@ KNOWN_KINDS = frozenset({
 })
 # A manifest larger than this is not a manifest (real ones are a few kB, tensor-layer ones some hundred kB).
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# Tensor-layer manifests hold one layer per tensor (a few thousand for the biggest models).
+MAX_LAYERS = 100_000
 
 _DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 
@@ -93,23 +95,20 @@ class Manifest:
 
 
 def read_manifest_bytes(path: Path) -> bytes:
-    """Read a manifest file, refusing absurd sizes before reading them."""
+    """Read a manifest (or config blob): a regular file only (a FIFO would block for ever), and never more
+    than ``MAX_MANIFEST_BYTES`` of it."""
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_MANIFEST_BYTES + 1)
+        return read_regular(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError as exc:
         raise ManifestError(f"manifest {path} points at a missing file") from exc
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES} bytes")
-    return data
 
 
 def parse_json(data: bytes, origin: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = loads_json(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # malformed, too deep, a number too long
         raise ManifestError(f"manifest {origin} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ManifestError(f"manifest {origin} is not a JSON object")
@@ -124,6 +123,8 @@ def parse_manifest_list(doc: dict[str, Any], root: Path, origin: Path) -> list[L
     entries = doc.get("manifests")
     if not isinstance(entries, list) or not entries:
         raise ManifestError(f"manifest list {origin} has no 'manifests' entries")
+    if len(entries) > MAX_LAYERS:
+        raise ManifestError(f"manifest list {origin} has {len(entries):,} entries (more than {MAX_LAYERS:,})")
     out = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -165,6 +166,8 @@ def parse_manifest(doc: dict[str, Any], root: Path, origin: Path) -> Manifest:
     layers_raw = doc.get("layers")
     if not isinstance(layers_raw, list):
         raise ManifestError(f"manifest {origin}: 'layers' is missing or not a list")
+    if len(layers_raw) > MAX_LAYERS:
+        raise ManifestError(f"manifest {origin} has {len(layers_raw):,} layers (more than {MAX_LAYERS:,})")
     config = None
     if doc.get("config") is not None:
         config = _parse_layer(doc["config"], root, origin, "config")

@@ -6,12 +6,12 @@ Split from ``ollama.py`` (which walks the store and fills these in) so that the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.errors import StoreError
+from llamaforge_tui.core.fsutil import loads_json, read_regular
 from llamaforge_tui.core.ollama.manifest import Layer
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ PUBLIC_HOSTS = frozenset({"registry.ollama.ai", "ollama.com"})
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 STATUSES = ("ok", "cloud", "tensor", "split", "missing_blob", "broken", "unsupported")
-_MAX_TEXT_LAYER = 4 * 1024 * 1024
+MAX_TEXT_LAYER = 4 * 1024 * 1024  # template/system/params/license: real ones are a few kB
 
 
 @dataclass
@@ -78,9 +78,8 @@ class OllamaModel:
         texts = []
         for layer in self.all_layers:
             if layer.kind == kind:
-                try:
-                    with layer.path.open("rb") as fh:
-                        texts.append(fh.read(_MAX_TEXT_LAYER).decode("utf-8", errors="replace"))
+                try:  # regular files only (a FIFO would block), and bounded
+                    texts.append(read_regular(layer.path, MAX_TEXT_LAYER).decode("utf-8", errors="replace"))
                 except OSError as exc:
                     raise StoreError(f"{self.full_name}: cannot read {kind} layer {layer.path}: {exc.strerror or exc}") from exc
         return "\n\n".join(texts) if texts else None
@@ -91,8 +90,8 @@ class OllamaModel:
         if text is None:
             return {}
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
+            value = loads_json(text)
+        except ValueError as exc:  # malformed, nested too deep, a number too long
             raise StoreError(f"{self.full_name}: params layer is not valid JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise StoreError(f"{self.full_name}: params layer is not a JSON object")
