@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from llamaforge_tui import __version__
+from llamaforge_tui.commands.common import safe_streams
 from llamaforge_tui.core.errors import LlamaForgeError
 
 # Order here is the order in `llamaforge --help`.
@@ -66,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.debug, tui=args.command in (None, "monitor"))
+    safe_streams()  # text from files (undecodable names) never crashes the output
     try:
         if args.command is None:
             from llamaforge_tui.commands.tui import open_tui

@@ -1,4 +1,10 @@
-"""Helpers shared by the subcommands: settings from global options, JSON output."""
+"""Helpers shared by the subcommands: settings from global options, JSON output, output that cannot crash.
+
+Text from files reaches the output (model folder names, dataset reasons, GGUF metadata); names with
+undecodable bytes arrive as lone surrogates (``surrogateescape``), which a UTF-8 stream refuses with
+UnicodeEncodeError. ``safe_streams`` makes stdout/stderr write them as ``\\xNN`` instead, and
+``print_json`` escapes them before encoding, so the output is always valid UTF-8 (and valid JSON).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,16 @@ import json
 import sys
 from typing import Any
 
+from llamaforge_tui.core.fsutil import SAFE_ERRORS, safe_json_value
 from llamaforge_tui.core.settings import Settings
+
+
+def safe_streams() -> None:
+    """stdout/stderr write what they cannot encode as escapes instead of raising (called once by ``main``)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # absent on replaced streams (pytest capture)
+        if reconfigure is not None:
+            reconfigure(errors=SAFE_ERRORS)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -27,6 +42,7 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, ensure_ascii=False, default=str)
+    text = json.dumps(safe_json_value(data), indent=2, ensure_ascii=False, default=lambda o: safe_json_value(str(o)))
+    sys.stdout.write(text)
     sys.stdout.write("\n")
     sys.stdout.flush()

@@ -34,6 +34,7 @@ from llamaforge_tui.core.data.records import (
     apply_column_map,
     detect_shape,
     normalize_shape,
+    shown,
 )
 from llamaforge_tui.core.errors import DatasetError
 from llamaforge_tui.core.fsutil import FileTooLarge, loads_json, open_regular, read_regular
@@ -317,7 +318,7 @@ def detect_format(path: str | Path, format: str | None = None,
             if found is not None:
                 return DatasetFormat(container, found)
             if seen_keys is None:
-                seen_keys = [str(k) for k in mapped]
+                seen_keys = [shown(k) for k in list(mapped)[:20]]
         if n_rows >= DETECT_ROWS:
             break
     if n_rows == 0 and seen_keys is None:

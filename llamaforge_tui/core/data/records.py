@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
+from llamaforge_tui.core.fsutil import safe_text
+
 ROLES = ("system", "user", "assistant")
 
 # Record shapes, in the order detection tries them.
@@ -75,6 +77,13 @@ Record = Union[Conversation, TextDoc]
 
 class InvalidRecord(ValueError):
     """Raised by the normalisers; the reader turns it into a RecordError with the line number."""
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A value from a record, for an error reason: short, one line, and valid UTF-8 (bad bytes escaped)."""
+    text = value if isinstance(value, str) else type(value).__name__
+    text = safe_text(text).replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def normalize_shape(name: str) -> str:
@@ -176,11 +185,15 @@ def _chat(row: Mapping[str, Any], key: str, role_key: str, content_key: str, rol
         if role_key not in item:
             raise InvalidRecord(f"message {i} is missing field '{role_key}'")
         role_raw = item[role_key]
-        role = role_names.get(str(role_raw).lower()) if role_names is not None else (
-            role_raw if role_raw in ROLES else None)
+        if not isinstance(role_raw, str):
+            role = None
+        elif role_names is not None:
+            role = role_names.get(role_raw.lower())
+        else:
+            role = role_raw if role_raw in ROLES else None
         if role is None:
             known = ", ".join(sorted(role_names)) if role_names is not None else ", ".join(ROLES)
-            raise InvalidRecord(f"unknown role '{role_raw}' in message {i} (expected one of: {known})")
+            raise InvalidRecord(f"unknown role '{shown(role_raw)}' in message {i} (expected one of: {known})")
         if content_key not in item:
             raise InvalidRecord(f"message {i} ({role}) is missing field '{content_key}'")
         content = _text(item[content_key], f"message {i} ({role})")

@@ -22,6 +22,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from llamaforge_tui.core.fsutil import safe_text
 from llamaforge_tui.core.data.dataset import (
     DatasetLoad,
     StatsScan,
@@ -224,7 +225,7 @@ class DatasetPane(Vertical):
         table = self.query_one("#dataset-errors", DataTable)
         table.clear()
         for line, reason in rows[:MAX_ERRORS_SHOWN]:
-            table.add_row(str(line), Text(reason))
+            table.add_row(str(line), Text(safe_text(reason)))
         table.display = bool(rows)
         title = f"Errors ({len(rows)})" if rows else "Errors: none"
         self.query_one("#dataset-errors-title", Label).update(Content(title))

@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 
 from llamaforge_tui.core.model.basemodel import set_base_model_override
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.fsutil import human_bytes
+from llamaforge_tui.core.fsutil import human_bytes, safe_text
 from llamaforge_tui.core.model.basemodel import scan_models
 from llamaforge_tui.core.ollama.store import OllamaModel, ServerStatus, StoreScan, server_status
 from llamaforge_tui.tui.screens.base_override import BaseOverrideScreen
@@ -53,7 +53,7 @@ def row_cells(model: OllamaModel) -> list[Text]:
         human_bytes(model.size_bytes) if model.size_bytes else "-",
         base_cell(model),
     ]
-    return [Text(c, no_wrap=True, overflow="ellipsis") for c in cells]
+    return [Text(safe_text(c), no_wrap=True, overflow="ellipsis") for c in cells]  # names may hold bad bytes
 
 
 def detail_rows(model: OllamaModel) -> list[tuple[str, str]]:
@@ -116,7 +116,7 @@ def render_details(model: OllamaModel | None) -> Text:
     text = Text()
     for label, value in rows:
         text.append(f"{label:<{width}}", style="bold")
-        text.append(value + "\n")
+        text.append(safe_text(value) + "\n")
     return text
 
 
