@@ -280,7 +280,8 @@ class RunSession:
         adapter, label = find_adapter(run_dir)
         source = runs.read_source(run_dir)
         say = progress or (lambda message: None)
-        say(f"loading {config.model} ({config.weights} weights) with the adapter of {run_dir.name} ({label})")
+        weights = f" ({config.weights} weights)" if source.get("gguf_path") or config.weights != "gguf" else ""
+        say(f"loading {config.model}{weights} with the adapter of {run_dir.name} ({label})")
         from llamaforge_tui.core.model import loading
 
         loaded = loading.load_model(config.model, settings, weights=config.weights, dtype=dtype, device=device,
