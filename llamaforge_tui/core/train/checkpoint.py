@@ -1,7 +1,8 @@
 """Resumable checkpoints: ``<run>/checkpoints/step-N/``.
 
 Each holds the LoRA adapter (peft ``save_pretrained``: safetensors + adapter_config.json), the optimizer
-and scheduler state, the RNG states (python, numpy, torch, cuda), the step and the data position.
+and scheduler state, the RNG states (python, numpy, torch, and cuda or mps when in use), the step and
+the data position.
 Everything is written into ``checkpoints/.tmp-step-N-<pid>/``, fsynced, and then renamed to ``step-N``:
 a process killed mid-save leaves only a ``.tmp-*`` folder, which is never picked up and is swept away
 by the next run. ``trainer_state.json`` is written last and its presence marks a complete checkpoint.
@@ -94,7 +95,14 @@ def rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
     tensors: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["cuda"] = torch.cuda.get_rng_state_all()
+    if _mps_in_use(torch):
+        tensors["mps"] = torch.mps.get_rng_state()
     return json_part, tensors
+
+
+def _mps_in_use(torch: Any) -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available() and hasattr(torch, "mps"))
 
 
 def restore_rng(json_part: dict[str, Any], tensors: dict[str, Any]) -> None:
@@ -112,6 +120,8 @@ def restore_rng(json_part: dict[str, Any], tensors: dict[str, Any]) -> None:
     if "cuda" in tensors and torch.cuda.is_available():
         with contextlib.suppress(RuntimeError, IndexError):
             torch.cuda.set_rng_state_all(tensors["cuda"])
+    if "mps" in tensors and _mps_in_use(torch):
+        torch.mps.set_rng_state(tensors["mps"])
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model: Any, optimizer: torch.optim.Optimizer,
@@ -166,7 +176,9 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer,
         state = json.loads(state_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"checkpoint {path} is unreadable ({exc}); pick another with --resume") from exc
-    weights = load_file(str(path / ADAPTER_SUBDIR / "adapter_model.safetensors"), device=str(device))
+    # Onto the CPU for MPS (load_state_dict copies into the model's own device); straight onto a CUDA GPU.
+    target = "cpu" if getattr(device, "type", str(device)) == "mps" else str(device)
+    weights = load_file(str(path / ADAPTER_SUBDIR / "adapter_model.safetensors"), device=target)
     result = set_peft_model_state_dict(model, weights)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:

@@ -74,7 +74,7 @@ class TrainConfig:
     packing: bool = False
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # auto: bf16 autocast where the hardware is fast at it
-    device: str = "auto"
+    device: str = "auto"  # auto: a CUDA/ROCm GPU, else the Apple GPU (mps), else the CPU
     # Bookkeeping.
     log_every: int = 1
     eval_every: int = 0  # 0: evaluate at the end only (when there is an eval split)
@@ -118,7 +118,7 @@ class TrainConfig:
             (self.save_every >= 0, "save_every must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.nproc >= 1, "nproc must be >= 1"),
-            (_valid_device(self.device), "device must be auto, cpu, cuda or cuda:N"),
+            (_valid_device(self.device), "device must be auto, cpu, cuda, cuda:N or mps"),
         ]
         for ok, message in checks:
             if not ok:

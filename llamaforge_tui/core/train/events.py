@@ -46,6 +46,12 @@ class RunStarted(Event):
     dataset: dict[str, Any] = field(default_factory=dict)
     resumed_from_step: int = 0
     world_size: int = 1
+    # Where and how it trains, and why (core.train.device); empty in runs recorded before these existed.
+    device: str = ""  # "cuda:0", "mps", "cpu"
+    backend: str = ""  # "cuda", "rocm", "mps" or "cpu"
+    device_reason: str = ""
+    precision: str = ""  # e.g. "bfloat16 autocast, fp32 LoRA/optimizer/loss"
+    precision_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ class TrainingFailed(Exception):
 
 
 def is_oom(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    """CUDA's (and ROCm's) OutOfMemoryError, MPS's "MPS backend out of memory", or the CPU allocator's error."""
     import torch
 
     if isinstance(exc, torch.OutOfMemoryError):
@@ -42,8 +42,9 @@ def nan_reason(value: float, what: str, step: int, config: TrainConfig, dtype: s
 
 
 def oom_reason(exc: BaseException, step: int, config: TrainConfig, device_type: str, run_dir: Path | None) -> str:
-    where = "GPU" if device_type == "cuda" else "host"
-    tips = [f"lower batch_size (now {config.batch_size}) and raise grad_accum to keep the global batch",
+    where = {"cuda": "GPU", "mps": "unified (MPS)"}.get(device_type, "host")
+    tips = [] if device_type != "mps" else ["close other apps: the Apple GPU shares the Mac's memory with them"]
+    tips += [f"lower batch_size (now {config.batch_size}) and raise grad_accum to keep the global batch",
             f"lower max_seq_len (now {config.max_seq_len})"]
     if not config.gradient_checkpointing:
         tips.append("turn on gradient_checkpointing")

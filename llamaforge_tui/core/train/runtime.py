@@ -37,6 +37,8 @@ def peak_memory_bytes(device: Any) -> int | None:
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    if device.type == "mps":  # no peak counter on MPS: what Metal holds for this process now
+        return int(torch.mps.driver_allocated_memory())
     try:
         import psutil
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.errors import ConfigError, LlamaForgeError
 from llamaforge_tui.core.train.config import FORBIDDEN_TARGETS, TrainConfig
+from llamaforge_tui.core.train.device import Precision, choose_device, choose_precision, cpu_has_fast_bf16  # noqa: F401
 
 if TYPE_CHECKING:
     import torch
@@ -24,59 +25,13 @@ log = logging.getLogger(__name__)
 
 
 # -- device and precision ------------------------------------------------------------------------
+# The choices, with their reasons, live in ``device`` (CUDA, ROCm, MPS, CPU); these keep the old names.
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} requested but no CUDA GPU is visible; use --device cpu")
-    if name == "cuda":
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 / AMX: bf16 matmuls run 2-4x faster than fp32 on such CPUs."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Base weights are stored in ``param_dtype``; matmuls run under ``autocast`` (None: plain fp32).
-    LoRA weights, optimizer state and the loss stay fp32 in every mode."""
-
-    param_dtype: str  # "float32" | "bfloat16" | "float16"
-    autocast: str | None  # None | "bfloat16" | "float16"
-
-    def torch_dtype(self) -> torch.dtype:
-        import torch
-
-        return getattr(torch, self.param_dtype)
+    return choose_device(name, local_rank)[0]
 
 
 def resolve_precision(dtype: str, device: torch.device) -> Precision:
-    import torch
-
-    if dtype == "auto":
-        if device.type == "cuda":
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        elif device.type == "cpu" and cpu_has_fast_bf16():
-            dtype = "bfloat16"
-        else:
-            dtype = "float32"
-    if dtype == "float16" and device.type != "cuda":
-        raise ConfigError("dtype float16 needs a CUDA GPU; use bfloat16 or float32 on this device")
-    if dtype == "float32":
-        return Precision("float32", None)
-    return Precision(dtype, dtype)
+    return choose_precision(dtype, device)[0]
 
 
 # -- model ----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.train import checkpoint as ckpt
+from llamaforge_tui.core.train import device as device_mod
 from llamaforge_tui.core.train import distributed as dist
 from llamaforge_tui.core.train import failures
 from llamaforge_tui.core.train import runs
@@ -78,10 +79,14 @@ class TrainingRecipe:
     def setup(self) -> None:
         cfg = self.config
         cfg.require_inputs()
-        self.device = setup_mod.resolve_device(cfg.device, self.dist.local_rank)
+        self.device, self.device_reason = device_mod.choose_device(cfg.device, self.dist.local_rank,
+                                                                   world_size=self.dist.world_size)
         dist.init_process_group(self.dist, self.device.type)
         self._open_run_dir()
-        self.precision = setup_mod.resolve_precision(cfg.dtype, self.device)
+        self.precision, self.precision_reason = device_mod.choose_precision(cfg.dtype, self.device)
+        self.say(f"device {self.device} ({self.device_reason}); {self.precision.describe()} ({self.precision_reason})")
+        if self.device.type == "mps":
+            self.say(device_mod.mps_fallback_state())
         self.say(f"loading {cfg.model} ({self.precision.param_dtype} on {self.device})")
         bundle = setup_mod.load_model(cfg, self.settings, self.precision, self.device)
         self.source = bundle.description
@@ -154,7 +159,7 @@ class TrainingRecipe:
             self.loss_fn = DistributedDataParallel(self.loss_fn, device_ids=ids)
         self.optimizer = setup_mod.make_optimizer(self.model, cfg)
         self.scheduler = setup_mod.make_scheduler(self.optimizer, cfg, self.total_steps)
-        self.scaler = (torch.amp.GradScaler("cuda") if self.precision.autocast == "float16" else None)
+        self.scaler = (torch.amp.GradScaler(self.device.type) if self.precision.autocast == "float16" else None)
 
     def _resume(self) -> None:
         assert self.run_dir is not None
@@ -238,7 +243,10 @@ class TrainingRecipe:
         self.emit(RunStarted(run_id=self.run_dir.name, run_dir=str(self.run_dir), config=cfg.to_dict(),
                              source=self.source, total_steps=self.total_steps,
                              trainable_params=self.trainable_params, total_params=self.total_params,
-                             dataset=self.data_stats, resumed_from_step=self.step, world_size=self.dist.world_size))
+                             dataset=self.data_stats, resumed_from_step=self.step, world_size=self.dist.world_size,
+                             device=str(self.device), backend=device_mod.backend_of(self.device),
+                             device_reason=self.device_reason, precision=self.precision.describe(),
+                             precision_reason=self.precision_reason))
         session_start, session_steps = time.perf_counter(), 0
         window_start, window_tokens = time.perf_counter(), 0
         stopped = False
@@ -247,8 +255,11 @@ class TrainingRecipe:
                 stopped = True
                 break
             try:
-                loss, grad_norm, tokens, lr = self._train_step()
+                with device_mod.watch_mps_fallback(self.device if session_steps == 0 else "cpu", self.say):
+                    loss, grad_norm, tokens, lr = self._train_step()
             except Exception as exc:
+                if (missing := device_mod.mps_missing_op(exc)) is not None:
+                    raise TrainingFailed("error", f"{missing}; {failures.checkpoint_hint(self.run_dir)}") from exc
                 if failures.is_oom(exc):
                     self.optimizer.zero_grad(set_to_none=True)
                     raise TrainingFailed("oom", failures.oom_reason(exc, self.step + 1, self.config, self.device.type,
