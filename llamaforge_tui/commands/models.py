@@ -15,10 +15,14 @@ from llamaforge_tui.core.ollama.store import OllamaModel, StoreScan, server_stat
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "models", help="list the models in the Ollama store",
-        description="List every model in the Ollama store: GGUF details, status, and the Hugging Face base it maps to.")
+        "models", help="list the models in the Ollama store; show, copy, delete, pull, running",
+        description="List every model in the Ollama store: GGUF details, status, and the Hugging Face base it maps "
+                    "to. The subcommands manage models through the Ollama server.")
     add_json_flag(parser)
     parser.set_defaults(func=run)
+    from llamaforge_tui.commands.models_manage import register_actions
+
+    register_actions(parser)
 
 
 def base_text(model: OllamaModel) -> str:

@@ -80,10 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "has an eval split; --eval-at-end without one measures the training data)")
     add_json_flag(parser)
     parser.set_defaults(func=run_train)
-
-    runs_parser = subparsers.add_parser("runs", help="list training runs and their status")
-    add_json_flag(runs_parser)
-    runs_parser.set_defaults(func=run_runs)
+    # `llamaforge runs` (list, show, delete, prune, compare) is registered by commands/runs.py.
 
 
 # -- config from the command line ------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from llamaforge_tui.core.errors import StoreError
 from llamaforge_tui.core.ollama.client import OllamaServer, OllamaUnavailable
 from llamaforge_tui.core.ollama.model import OllamaModel
 from llamaforge_tui.core.ollama.modelfile import _param_value
@@ -88,7 +89,10 @@ def show_model(name: str, settings: Settings | None = None, *, server: OllamaSer
     try:
         doc = server.show(name)
     except OllamaUnavailable as exc:
-        model = store_model or find_model(settings, name)
+        try:
+            model = store_model or find_model(settings, name)
+        except StoreError as store_exc:
+            raise StoreError(f"{store_exc}; and {exc}") from store_exc
         return show_from_store(model, note=str(exc))
     return ModelShow(name=name, source="server", modelfile=doc["modelfile"], template=doc["template"],
                      system=doc["system"], parameters=doc["parameters"], license=doc["license"],
