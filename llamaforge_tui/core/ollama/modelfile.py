@@ -9,10 +9,22 @@ of ``chat_templates.py``), with stops from the end-of-turn and EOS tokens.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from llamaforge_tui.core.gguf.writer import ExportError
+from llamaforge_tui.core.ollama.modelfile_grammar import (
+    ModelfileSyntaxError,
+    lost_character,
+    param_key_ok,
+    parse_commands,
+    quote_block,
+    quote_value,
+)
+
+__all__ = ["ModelfileSpec", "ModelfileSyntaxError", "from_ollama_layers", "from_ollama_model", "from_template_family",
+           "parse_modelfile"]
 
 # Go templates (Ollama's ``.Messages``) that render the same text as chat_templates.FAMILY_TEMPLATES for
 # messages whose content is already trimmed. BOS is left to the tokenizer (``add_bos_token``), as Ollama does.
@@ -104,7 +116,7 @@ class ModelfileSpec:
 
     def render(self) -> str:
         lines = ["# Written by LlamaForge. Create the model with: ollama create NAME -f Modelfile"]
-        lines += [f"# {n}" for n in self.notes]
+        lines += [f"# {_one_line(n)}" for n in self.notes]
         lines.append(f"FROM {self.from_}")
         if self.adapter:
             lines.append(f"ADAPTER {self.adapter}")
@@ -113,8 +125,10 @@ class ModelfileSpec:
         if self.system is not None:
             lines.append(f"SYSTEM {_quote_block(self.system, 'SYSTEM')}")
         for key, value in self.parameters.items():
+            if not param_key_ok(key):
+                raise ExportError(f"PARAMETER name {key!r} cannot be written in a Modelfile (letters, digits, _)")
             for item in value if isinstance(value, list) else [value]:
-                lines.append(f"PARAMETER {key} {_param_value(item)}")
+                lines.append(f"PARAMETER {key} {_param_text(key, item)}")
         if self.license is not None:
             lines.append(f"LICENSE {_quote_block(self.license, 'LICENSE')}")
         return "\n".join(lines) + "\n"
@@ -140,18 +154,48 @@ class ModelfileSpec:
         return body
 
 
+_API_HINT = "register through the API instead (it carries the text exactly)"
+
+
+def _one_line(note: str) -> str:
+    """A comment line: a newline in a note (a stop token may hold one) would end the comment early."""
+    return note.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _unwritable(text: str, what: str) -> ExportError:
+    lost = lost_character(text)
+    if lost is not None:
+        return ExportError(f"the {what} contains {lost!r}, which Ollama's Modelfile parser drops; {_API_HINT}")
+    return ExportError(f'the {what} contains """, which a Modelfile cannot quote; {_API_HINT}')
+
+
 def _quote_block(text: str, what: str) -> str:
-    if '"""' in text:
-        raise ExportError(f'the {what} contains """, which a Modelfile cannot quote; register through the API instead')
-    return '"""' + text + '"""'
+    quoted = quote_block(text)
+    if quoted is None:
+        raise _unwritable(text, what)
+    return quoted
+
+
+def _param_text(key: str, value: Any) -> str:
+    """A PARAMETER value that Ollama reads back exactly (strings quoted, since Ollama never unescapes)."""
+    if isinstance(value, str):
+        quoted = quote_value(value)
+        if quoted is None:
+            raise _unwritable(value, f"PARAMETER {key} value")
+        return quoted
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    raise ExportError(f"PARAMETER {key} has a value {type(value).__name__} that a Modelfile cannot hold; {_API_HINT}")
 
 
 def _param_value(value: Any) -> str:
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    """Best effort, for showing parameters (``ollama show``'s way); ``render`` uses the strict ``_param_text``."""
+    try:
+        return _param_text("value", value)
+    except ExportError:
+        return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def from_ollama_layers(from_: str, *, template: str | None, system: str | None, license: str | None,
@@ -187,36 +231,35 @@ def from_template_family(from_: str, family: str | None, *, eos_token: str | Non
 
 
 def parse_modelfile(text: str) -> dict[str, Any]:
-    """A small reader for the Modelfiles this module writes (tests and the ``ollama create`` hint use it)."""
+    """Read a Modelfile the way Ollama's parser does (``modelfile_grammar``), ours or ``ollama show``'s:
+    ``{"from", "template", "system", "license", "adapter", ..., "parameters": {key: [values]}}``, plus
+    ``"messages"`` when there are MESSAGE lines. Raises ``ModelfileSyntaxError`` (a ``ValueError``)."""
     out: dict[str, Any] = {"parameters": {}}
-    i, n = 0, len(text)
-    while i < n:
-        end = text.find("\n", i)
-        line = text[i: end if end >= 0 else n]
-        if not line.strip() or line.lstrip().startswith("#"):
-            i = (end + 1) if end >= 0 else n
-            continue
-        cmd, _, rest = line.partition(" ")
-        cmd = cmd.upper()
-        if rest.startswith('"""'):
-            start = i + len(cmd) + 1 + 3
-            stop = text.index('"""', start)
-            value: Any = text[start:stop]
-            nl = text.find("\n", stop + 3)
-            i = nl + 1 if nl >= 0 else n
+    for name, value in parse_commands(text):
+        if name == "model":
+            out["from"] = value
+        elif name == "message":
+            role, _, content = value.partition(": ")
+            out.setdefault("messages", []).append({"role": role, "content": content})
+        elif name in ("template", "system", "license", "adapter", "draft", "renderer", "parser", "requires"):
+            out[name] = value
         else:
-            value = rest
-            i = (end + 1) if end >= 0 else n
-        if cmd == "PARAMETER":
-            key, _, raw = str(value).partition(" ")
-            try:
-                val = json.loads(raw)
-            except json.JSONDecodeError:
-                val = raw
-            out["parameters"].setdefault(key, []).append(val)
-        else:
-            out[cmd.lower()] = value
+            out["parameters"].setdefault(name, []).append(_typed(name, value))
     return out
+
+
+def _typed(key: str, value: str) -> Any:
+    """Numbers and booleans as such (Ollama types them by the option); ``stop`` is always text."""
+    if key == "stop":
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
 
 
 def from_ollama_model(model: Any, from_: str, *, adapter: str | None = None) -> ModelfileSpec:
