@@ -314,9 +314,13 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
             result.verification = verify_merged(run, ref, gguf_path, out_type, out_type, emit)
         result.warnings += result.verification.warnings
         if not result.verification.passed:
+            runs.record_export(run.run_dir, result.to_dict())  # `runs show` lists failed exports too
             raise VerificationFailed("verification failed: " + "; ".join(result.verification.warnings), result)
-    if options.register:
-        _register(result, spec, options, settings, emit)
+    try:
+        if options.register:
+            _register(result, spec, options, settings, emit)
+    finally:  # the files are written either way; `runs show` lists them, registered or not
+        runs.record_export(run.run_dir, result.to_dict())
     emit(ExportProgress("done", f"exported {result.gguf_path or result.adapter_path}"))
     return result
 

@@ -258,12 +258,15 @@ def record_export(run_dir: Path | str, record: dict[str, Any]) -> None:
     """Append one export's ``export --json`` object to ``exports.jsonl`` (``runs show`` lists them). The file
     is rewritten atomically, so a crash never leaves half a line."""
     path = Path(run_dir) / EXPORTS_FILE
-    try:
-        old = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        old = ""
     line = json.dumps({**record, "time": time.time()}, ensure_ascii=False, default=str)
-    atomic_write_text(path, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
+    try:
+        try:
+            old = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            old = ""
+        atomic_write_text(path, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
+    except OSError as exc:  # the export itself is done; a missing record only hides it from `runs show`
+        log.warning("cannot record the export in %s: %s", path, exc)
 
 
 def _ollama_name(text: str) -> str | None:

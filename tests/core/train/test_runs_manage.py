@@ -152,3 +152,24 @@ def test_runs_compare_on_two_real_tiny_runs(tmp_path: Path, capsys: pytest.Captu
     text = capsys.readouterr().out
     assert "* learning_rate" in text and "lo" in text and "hi" in text
     assert cli.main(["runs", "compare", str(outs[0])]) == 1
+
+
+@pytest.mark.slow
+def test_an_export_is_recorded_with_its_registered_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fixtures.export_runs import make_run, write_chat_jsonl
+    from fixtures.fake_ollama import FakeOllama
+    from fixtures.tiny_models import session_factory
+
+    from llamaforge_tui.core.export.exporter import ExportOptions, export_run
+
+    source = session_factory().get("llama").gguf("F32")
+    run_dir = make_run(tmp_path / "run", str(source), weights="gguf", data=write_chat_jsonl(tmp_path / "qa.jsonl"))
+    with FakeOllama() as fake:
+        result = export_run(run_dir, ExportOptions(out_type="q8_0", name="tiny:v1", register=True, host=fake.host))
+    exports = run_details(run_dir).exports
+    assert len(exports) == 1 and exports[0]["registered_as"] == "tiny:v1" and exports[0]["exists"]
+    assert exports[0]["gguf_path"] == str(result.gguf_path) and exports[0]["type"] == "q8_0"
+    plan = plan_run_delete(run_dir)
+    assert plan.registered == ["tiny:v1"] and plan.exports == [str(result.gguf_path)]
+    assert cli.main(["runs", "show", str(run_dir)]) == 0
+    assert "registered as tiny:v1" in capsys.readouterr().out
