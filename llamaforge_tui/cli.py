@@ -19,7 +19,7 @@ from llamaforge_tui.commands.common import safe_streams
 from llamaforge_tui.core.errors import LlamaForgeError
 
 # Order here is the order in `llamaforge --help`.
-COMMAND_MODULES = ("models", "cache", "data", "inspect", "train", "runs", "monitor", "export", "chat")
+COMMAND_MODULES = ("models", "cache", "data", "inspect", "train", "runs", "monitor", "export", "chat", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
