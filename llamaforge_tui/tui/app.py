@@ -23,6 +23,7 @@ from textual.worker import Worker, WorkerState
 
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.widgets.cache_pane import CachePane
+from llamaforge_tui.tui.widgets.chat_pane import ChatPane
 from llamaforge_tui.tui.widgets.dataset_pane import DatasetPane
 from llamaforge_tui.tui.widgets.models_pane import ModelsPane
 from llamaforge_tui.tui.widgets.panes import Panes
@@ -36,6 +37,7 @@ PANES: tuple[tuple[str, str, str], ...] = (
     ("cache", "HF cache", "2"),
     ("dataset", "Dataset", "3"),
     ("train", "Train", "4"),
+    ("chat", "Chat", "5"),
 )
 
 
@@ -84,6 +86,8 @@ class LlamaForgeApp(App[int]):
                 yield DatasetPane(id="dataset-pane")
             with TabPane("Train [4]", id="train"):
                 yield TrainPane(id="train-pane", monitor_run=self.monitor_run)
+            with TabPane("Chat [5]", id="chat"):
+                yield ChatPane(id="chat-pane")
         yield Footer()
 
     async def action_quit(self) -> None:
