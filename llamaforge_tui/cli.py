@@ -59,8 +59,37 @@ def _configure_logging(debug: bool, *, tui: bool) -> None:
         except OSError:  # no writable data dir: drop records rather than write them over the screen
             logging.getLogger().addHandler(logging.NullHandler())
             logging.getLogger().setLevel(level)
+        _capture_warnings(debug, propagate=True)
         return
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    _capture_warnings(debug, propagate=debug)
+
+
+def _capture_warnings(debug: bool, *, propagate: bool) -> None:
+    """Libraries' ``warnings.warn`` (transformers' FutureWarnings and the like) go to the log file, never onto
+    the user's terminal or over the TUI: they are for us, not for someone training a model. ``--debug``
+    also shows them on stderr (headless) or in the Train pane's log panel (the TUI).
+
+    ``propagate``: the root logger already writes where they belong (the TUI's log file, or stderr with
+    ``--debug``); otherwise they get their own handler on the log file."""
+    logging.captureWarnings(True)
+    warnings_log = logging.getLogger("py.warnings")
+    warnings_log.propagate = propagate
+    for old in [h for h in warnings_log.handlers if getattr(h, "llamaforge_warnings", False)]:
+        warnings_log.removeHandler(old)  # main() called again in one process (tests)
+        old.close()
+    if propagate:
+        return
+    from llamaforge_tui.core.settings import data_dir
+
+    try:
+        data_dir().mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(data_dir() / "llamaforge.log", encoding="utf-8", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    except OSError:  # no writable data dir: drop them rather than write them on the terminal
+        handler = logging.NullHandler()
+    handler.llamaforge_warnings = True  # type: ignore[attr-defined]
+    warnings_log.addHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
