@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, default=5, metavar="N",
                         help="show the N examples where base and tuned differ most (default 5)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="run", choices=("run", "auto", "float32", "bfloat16", "float16"),
+                        help="weights dtype (default: the one the run trained in)")
     add_json_flag(parser)
     parser.set_defaults(func=run_eval)
 

@@ -163,12 +163,13 @@ def default_general_sample() -> Path:
 
 def evaluate_run(run: str | Path, settings: Settings | None = None, *, limit: int = DEFAULT_LIMIT,
                  general: str | Path | None = None, samples: int = DEFAULT_SAMPLES, device: str = "auto",
-                 dtype: str = "auto", progress: Callable[[EvalProgress], None] | None = None,
+                 dtype: str = "run", progress: Callable[[EvalProgress], None] | None = None,
                  stop_event: threading.Event | None = None, session: RunSession | None = None,
                  write: bool = True) -> EvalResult:
     """Evaluate ``run`` (a run folder or a run id) base vs tuned; write ``RUN/eval.json`` unless ``write`` is
     False. ``session``: an already open session of this run (it is left open); otherwise one is opened and
-    closed here. Raises :class:`EvalCancelled` when ``stop_event`` is set."""
+    closed here. ``dtype`` "run": the precision the run trained in. Raises :class:`EvalCancelled` when
+    ``stop_event`` is set."""
     if limit < 0:
         raise EvalError(f"--limit must be 0 or more, got {limit}")
     general_path = Path(general).expanduser() if general else None
@@ -182,6 +183,8 @@ def evaluate_run(run: str | Path, settings: Settings | None = None, *, limit: in
         from llamaforge_tui.core.infer.session import RunSession
 
         report("load", 0, 0, f"loading {run}")
+        if dtype == "run":
+            dtype = _training_dtype(run, settings, device)
         session = RunSession.open(run, settings, device=device, dtype=dtype, stop_event=stop_event,
                                   progress=lambda message: report("load", 0, 0, message))
     try:
@@ -194,6 +197,17 @@ def evaluate_run(run: str | Path, settings: Settings | None = None, *, limit: in
         report("write", 0, 0, f"writing {session.run_dir / EVAL_FILE}")
         write_eval(session.run_dir, result)
     return result
+
+
+def _training_dtype(run: str | Path, settings: Settings | None, device: str) -> str:
+    """The dtype the run's weights were trained in (its config's ``dtype``, resolved for ``device``)."""
+    from llamaforge_tui.core.settings import Settings as _Settings
+    from llamaforge_tui.core.train import runs
+    from llamaforge_tui.core.train.config import TrainConfig
+    from llamaforge_tui.core.train.setup import resolve_device, resolve_precision
+
+    config = TrainConfig.from_file(runs.find_run(settings or _Settings(), run) / runs.CONFIG_FILE)
+    return resolve_precision(config.dtype, resolve_device(device)).param_dtype
 
 
 def _evaluate(session: RunSession, limit: int, general: Path | None, n_samples: int, report: _Reporter,
