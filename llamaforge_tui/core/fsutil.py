@@ -108,11 +108,19 @@ def open_regular(path: Path | str) -> BinaryIO:
 
 def read_regular(path: Path | str, max_bytes: int) -> bytes:
     """The whole of a regular file of at most ``max_bytes``; never reads more than ``max_bytes + 1``."""
+    chunks: list[bytes] = []
+    size = 0
     with open_regular(path) as fh:
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        # In chunks: read(n) allocates n bytes up front, so one read of a 1 GB limit would cost 1 GB on any file.
+        while size <= max_bytes:
+            chunk = fh.read(min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    if size > max_bytes:
         raise FileTooLarge(errno.EFBIG, f"larger than the limit of {max_bytes:,} bytes", str(path))
-    return data
+    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------------------------------------- JSON

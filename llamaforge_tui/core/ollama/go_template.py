@@ -19,7 +19,7 @@ from llamaforge_tui.core.ollama.go_template_parse import GoTemplateError, Node, 
 
 # Evaluation budgets: a template is data from a model, and ``range 1000000000`` or a string doubled in a
 # loop must end in an error, not a hang or a runaway allocation. Real prompts are far below these.
-MAX_STEPS = 1_000_000  # nodes and commands evaluated
+MAX_STEPS = 200_000  # nodes and commands evaluated (a 100-message chat takes a few thousand)
 MAX_OUTPUT_CHARS = 16 * 1024 * 1024  # rendered text, and any one string built by print/printf
 
 __all__ = ["GoStruct", "GoTemplateError", "Node", "Pipe", "cut_after_response", "execute", "identifiers", "parse"]
