@@ -54,6 +54,9 @@ class Settings:
     runs_dir: str = ""
     # User overrides of the Ollama model -> Hugging Face repo mapping, e.g. {"mymodel:latest": "Qwen/Qwen2.5-3B"}.
     base_model_overrides: dict[str, str] = field(default_factory=dict)
+    # llama.cpp's extra buffer types (AMX tiles, repacked quantized weights): faster, but some native builds
+    # crash with them on Intel AMX CPUs, so they are off unless this is true (core/export/llama_runner.py).
+    llama_cpp_extra_buffers: bool = False
 
     @property
     def runs_path(self) -> Path:
