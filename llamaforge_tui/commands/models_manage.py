@@ -13,13 +13,12 @@ import threading
 import time
 
 from llamaforge_tui.commands.common import add_json_flag, print_json, settings_from_args
-from llamaforge_tui.core.errors import LlamaForgeError, StoreError
+from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.fsutil import human_bytes
 from llamaforge_tui.core.ollama.client import OllamaServer
-from llamaforge_tui.core.ollama.delete_plan import DeletePlan, plan_delete
+from llamaforge_tui.core.ollama.delete_plan import DeletePlan
 from llamaforge_tui.core.ollama.pull_progress import PullTracker, eta_text
 from llamaforge_tui.core.ollama.show import show_model
-from llamaforge_tui.core.ollama.store import find_model, scan_store
 from llamaforge_tui.core.settings import Settings
 
 
@@ -102,28 +101,17 @@ def run_copy(args: argparse.Namespace) -> int:
 
 
 def delete_plan(settings: Settings, name: str) -> DeletePlan | None:
-    """What deleting ``name`` frees, with the runs and exports it is flagged for; None when the store (on this
-    machine) does not hold it: the server may be remote."""
-    from llamaforge_tui.core.train.runs import runs_by_ollama_model
+    """What deleting ``name`` frees, flagged with the runs and exports it is tied to; None when the local store
+    does not hold it (the server may be remote)."""
+    from llamaforge_tui.core.train.runs import plan_model_delete
 
-    try:
-        model = find_model(settings, name, summarize=False)
-    except StoreError:
-        return None
-    plan = plan_delete(model, scan_store(settings, summarize=False).roots)
-    plan.flagged = runs_by_ollama_model(settings).get(model.full_name, [])
-    return plan
+    return plan_model_delete(settings, name)
 
 
 def describe_delete(plan: DeletePlan | None, name: str) -> list[str]:
     if plan is None:
         return [f"{name} is not in the local store, so the space it frees is unknown"]
-    lines = [f"frees {human_bytes(plan.freed_bytes)} ({len(plan.freed)} blob(s) no other model uses)"]
-    for blob in plan.kept:
-        users = ", ".join(blob.used_by[:3]) + (" …" if len(blob.used_by) > 3 else "")
-        lines.append(f"keeps {blob.digest[:19]} ({human_bytes(blob.size_bytes)}): shared with {users}")
-    lines += [f"warning: {why}" for why in plan.flagged]
-    return lines
+    return [plan.freed_line(), *plan.kept_lines(), *(f"warning: {why}" for why in plan.flagged)]
 
 
 def run_delete(args: argparse.Namespace) -> int:

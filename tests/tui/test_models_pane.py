@@ -77,8 +77,13 @@ async def test_lists_fixture_models_and_shows_gemma(fixture_store: StoreInfo, mo
         await _select(pilot, pane, "gemma3:270m")
         assert pane.selected is not None and pane.selected.full_name == "gemma3:270m"
         assert app.selected_model is None  # the cursor has not rested yet
-        await pilot.press("enter")  # choosing a row announces it at once
+        await pilot.press("enter")  # choosing a row announces it at once, and opens its Modelfile view
         await _until(pilot, lambda: app.selected_model is pane.selected)
+        from llamaforge_tui.tui.screens.model_show import ModelShowScreen
+
+        await _until(pilot, lambda: isinstance(app.screen, ModelShowScreen))
+        await pilot.press("escape")
+        await _until(pilot, lambda: not isinstance(app.screen, ModelShowScreen))
         details = _details(app)
         for expected in ("gemma3", "Q4_K_M", "268M", "32,768", "262,144", str(pane.selected.gguf_path),
                          "google/gemma-3-270m-it", "table: gemma3 270m instruct", "needs download (about 540.00 MB)",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llamaforge_tui.core.errors import StoreError
+from llamaforge_tui.core.fsutil import human_bytes
 from llamaforge_tui.core.ollama.manifest import (ManifestError, blob_path, is_manifest_list, parse_json,
                                                  parse_manifest, parse_manifest_list, read_manifest_bytes)
 from llamaforge_tui.core.ollama.model import OllamaModel
@@ -45,6 +46,16 @@ class DeletePlan:
     @property
     def kept_bytes(self) -> int:
         return sum(b.size_bytes for b in self.kept)
+
+    def freed_line(self) -> str:
+        return f"frees {human_bytes(self.freed_bytes)} ({len(self.freed)} blob(s) no other model uses)"
+
+    def kept_lines(self) -> list[str]:
+        lines = []
+        for blob in self.kept:
+            users = ", ".join(blob.used_by[:3]) + (" …" if len(blob.used_by) > 3 else "")
+            lines.append(f"keeps {blob.digest[:19]} ({human_bytes(blob.size_bytes)}): shared with {users}")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "freed_bytes": self.freed_bytes, "kept_bytes": self.kept_bytes,

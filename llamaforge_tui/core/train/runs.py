@@ -299,3 +299,18 @@ def runs_by_ollama_model(settings: Settings) -> dict[str, list[str]]:
                 if registered:
                     usage.setdefault(str(registered), []).append(f"exported from run {run.run_id}")
     return usage
+
+
+def plan_model_delete(settings: Settings, name: str) -> Any:
+    """``core.ollama.delete_plan.DeletePlan`` for the Ollama model ``name``, flagged with the runs trained from it
+    and the exports registered as it; None when the local store does not hold it (the server may be remote)."""
+    from llamaforge_tui.core.ollama.delete_plan import plan_delete
+    from llamaforge_tui.core.ollama.store import find_model, scan_store
+
+    try:
+        model = find_model(settings, name, summarize=False)
+    except LlamaForgeError:
+        return None
+    plan = plan_delete(model, scan_store(settings, summarize=False).roots)
+    plan.flagged = runs_by_ollama_model(settings).get(model.full_name, [])
+    return plan

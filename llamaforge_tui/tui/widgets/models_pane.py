@@ -26,6 +26,7 @@ from llamaforge_tui.core.fsutil import human_bytes, safe_text
 from llamaforge_tui.core.model.basemodel import scan_models
 from llamaforge_tui.core.ollama.store import OllamaModel, ServerStatus, StoreScan, server_status
 from llamaforge_tui.tui.screens.base_override import BaseOverrideScreen
+from llamaforge_tui.tui.widgets.models_actions import ModelActions
 
 NARROW_WIDTH = 100  # below this the details go under the table instead of beside it
 # Other panes follow the selection (the Dataset pane loads a tokenizer), so tell them only once the
@@ -127,14 +128,21 @@ class _ScanResult:
     error: str | None = None
 
 
-class ModelsPane(Vertical):
-    """Lists the Ollama store. Posts ``ModelSelected`` for the highlighted model and ``DownloadRequested``."""
+class ModelsPane(ModelActions, Vertical):
+    """Lists the Ollama store. Posts ``ModelSelected`` for the highlighted model and ``DownloadRequested``.
+    Managing models (show, copy, rename, delete, pull, loaded) comes from ``ModelActions``."""
 
     BINDINGS = [
+        Binding("enter", "show_model", "Show", id="models.show"),
         Binding("slash", "filter", "Filter", id="models.filter"),
         Binding("r", "rescan", "Rescan", id="models.rescan"),
         Binding("d", "download", "Download base", id="models.download"),
         Binding("o", "override", "Set base", id="models.override"),
+        Binding("c", "copy_model", "Copy", id="models.copy"),
+        Binding("m", "rename_model", "Rename", id="models.rename"),
+        Binding("x,delete", "delete_model", "Delete", id="models.delete"),
+        Binding("p", "pull_model", "Pull", id="models.pull"),
+        Binding("l", "running_models", "Loaded", id="models.running"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="models.clear_filter"),
     ]
 
@@ -228,6 +236,7 @@ class ModelsPane(Vertical):
             self.models = result.scan.models
             self._refill_table()
         self._update_status(result.error)
+        self.refresh_bindings()  # the server actions follow the server's state
 
     def _update_status(self, error: str | None = None) -> None:
         parts = []
@@ -239,6 +248,9 @@ class ModelsPane(Vertical):
             parts.append(f"{len(self.models)} models ({usable} usable) in {roots}")
             parts.extend(self.scan.problems)
         parts.append(self.server.describe() if self.server else "checking the Ollama server…")
+        reason = self.server_down_reason()
+        if reason:
+            parts.append(reason)
         if self.filter_text:
             parts.append(f"filter: {self.filter_text!r} ({len(self._shown)} shown)")
         self.query_one("#models-status", Static).update(Text(" · ".join(parts)))
@@ -301,6 +313,7 @@ class ModelsPane(Vertical):
         index = int(event.row_key.value) if event.row_key.value is not None else -1
         if 0 <= index < len(self._shown):
             self._select(self._shown[index], now=True)
+            self.action_show_model()
 
     # -- filter -----------------------------------------------------------------------------------------
     @on(Input.Changed, "#models-filter")
