@@ -182,9 +182,14 @@ def evaluate_run(run: str | Path, settings: Settings | None = None, *, limit: in
     if session is None:
         from llamaforge_tui.core.infer.session import RunSession
 
-        report("load", 0, 0, f"loading {run}")
+        from llamaforge_tui.core.settings import Settings as _Settings
+        from llamaforge_tui.core.train import runs
+
+        settings = settings or _Settings()
+        run = runs.find_run(settings, run)  # a bad RUN fails here, before anything is loaded
         if dtype == "run":
-            dtype = _training_dtype(run, settings, device)
+            dtype = _training_dtype(run, device)
+        report("load", 0, 0, f"loading {run.name}")
         session = RunSession.open(run, settings, device=device, dtype=dtype, stop_event=stop_event,
                                   progress=lambda message: report("load", 0, 0, message))
     try:
@@ -199,14 +204,13 @@ def evaluate_run(run: str | Path, settings: Settings | None = None, *, limit: in
     return result
 
 
-def _training_dtype(run: str | Path, settings: Settings | None, device: str) -> str:
+def _training_dtype(run_dir: Path, device: str) -> str:
     """The dtype the run's weights were trained in (its config's ``dtype``, resolved for ``device``)."""
-    from llamaforge_tui.core.settings import Settings as _Settings
     from llamaforge_tui.core.train import runs
     from llamaforge_tui.core.train.config import TrainConfig
     from llamaforge_tui.core.train.setup import resolve_device, resolve_precision
 
-    config = TrainConfig.from_file(runs.find_run(settings or _Settings(), run) / runs.CONFIG_FILE)
+    config = TrainConfig.from_file(run_dir / runs.CONFIG_FILE)
     return resolve_precision(config.dtype, resolve_device(device)).param_dtype
 
 
