@@ -104,7 +104,7 @@ class ChatTemplateChoice:
 
     name: str  # family name ("gemma", "chatml", ...), "ollama", or "custom" for a template we do not recognise
     template: str  # the source: Jinja (transformers' apply_chat_template) or, for syntax "go", Ollama's TEMPLATE
-    origin: str  # "tokenizer", "gguf", "override", "family", "fallback" (or the bundle's template_origin)
+    origin: str  # "tokenizer", "gguf", "override", "family", "fallback", "ollama" (or the bundle's template_origin)
     reason: str = ""  # one line for people: "architecture gemma3, <start_of_turn> in the vocabulary"
     syntax: str = "jinja"  # "go": rendered exactly as Ollama renders its TEMPLATE layer (go_template.py)
 
@@ -164,7 +164,8 @@ def resolve_chat_template(source: Any, architecture: str | None = None, override
 
     Order: ``override`` (a family name, ``"ollama"``, a path to a Jinja file, or Jinja text); the model's
     own template (HF tokenizer or GGUF ``tokenizer.chat_template``); the family matching the architecture
-    and the special tokens present; the plain format. ``"ollama"`` trains with the Ollama model's TEMPLATE
+    and the special tokens present; the plain format. For an Ollama model with a TEMPLATE layer, the layer
+    itself replaces that default when the default renders differently (origin ``"ollama"``). ``"ollama"`` trains with the Ollama model's TEMPLATE
     layer itself (``ollama_template``, or the bundle's), so training renders exactly what Ollama sends.
     """
     tokenizer, own, own_origin, bundle_arch = _split_bundle(source)
@@ -183,11 +184,50 @@ def resolve_chat_template(source: Any, architecture: str | None = None, override
         return _from_override(override)
     if own:
         family = family_of_template(own) or "custom"
-        return ChatTemplateChoice(family, own, own_origin or "tokenizer", "the model's own chat template")
-    family, reason = family_for(tokenizer, architecture)
-    if family is not None:
-        return ChatTemplateChoice(family, FAMILY_TEMPLATES[family], "family", reason)
-    return ChatTemplateChoice("plain", PLAIN, "fallback", reason)
+        choice = ChatTemplateChoice(family, own, own_origin or "tokenizer", "the model's own chat template")
+    else:
+        family, reason = family_for(tokenizer, architecture)
+        choice = (ChatTemplateChoice(family, FAMILY_TEMPLATES[family], "family", reason) if family is not None
+                  else ChatTemplateChoice("plain", PLAIN, "fallback", reason))
+    go_text = ollama_template or getattr(source, "ollama_template", None)
+    return _prefer_ollama_template(tokenizer, choice, go_text) if go_text else choice
+
+
+# Conversations rendered both ways to compare a training template with an Ollama TEMPLATE.
+TEMPLATE_SAMPLES: dict[str, list[dict[str, str]]] = {
+    "user-assistant-user": [
+        {"role": "user", "content": "Hello! Can you help me?"},
+        {"role": "assistant", "content": "Of course. What do you need?"},
+        {"role": "user", "content": "What is 2 + 2?"},
+    ],
+    "system-user": [
+        {"role": "system", "content": "You are a terse assistant."},
+        {"role": "user", "content": "Name a primary colour."},
+    ],
+}
+
+
+def strip_bos(text: str, tokenizer: Any) -> str:
+    bos = getattr(tokenizer, "bos_token", None)
+    return text[len(bos):] if bos and text.startswith(bos) else text  # Ollama's runner adds BOS itself
+
+
+def _prefer_ollama_template(tokenizer: Any, choice: ChatTemplateChoice, go_text: str) -> ChatTemplateChoice:
+    """An Ollama model is served with its TEMPLATE layer, so that is the default training format whenever the
+    template we would otherwise pick renders the samples differently: a fine-tune trained in one format and
+    served in another learns the wrong turn markers. Kept when the TEMPLATE cannot be evaluated here."""
+    for name, messages in TEMPLATE_SAMPLES.items():
+        try:
+            theirs = render_ollama(go_text, messages)
+            ours = strip_bos(render_chat(tokenizer, choice, messages, add_generation_prompt=True), tokenizer)
+        except (GoTemplateError, DatasetError):
+            return choice
+        if ours != theirs:
+            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            reason = (f"the model's own TEMPLATE (Ollama serves it): the {choice.name} template renders "
+                      f"the {name} sample differently from character {at}")
+            return ChatTemplateChoice(OLLAMA_OVERRIDE, go_text, "ollama", reason, "go")
+    return choice
 
 
 def _from_override(override: str) -> ChatTemplateChoice:

@@ -9,25 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llamaforge_tui.core.data.chat_templates import ChatTemplateChoice, render_chat
+from llamaforge_tui.core.data.chat_templates import TEMPLATE_SAMPLES, ChatTemplateChoice, render_chat, strip_bos
 from llamaforge_tui.core.errors import DatasetError
 from llamaforge_tui.core.ollama.go_template import GoTemplateError
 from llamaforge_tui.core.ollama.template import render_ollama
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-SAMPLES: dict[str, list[dict[str, str]]] = {
-    "user-assistant-user": [
-        {"role": "user", "content": "Hello! Can you help me?"},
-        {"role": "assistant", "content": "Of course. What do you need?"},
-        {"role": "user", "content": "What is 2 + 2?"},
-    ],
-    "system-user": [
-        {"role": "system", "content": "You are a terse assistant."},
-        {"role": "user", "content": "Name a primary colour."},
-    ],
-}
 
 
 @dataclass
@@ -68,11 +56,6 @@ class TemplateCheck:
                             for s in self.samples]}
 
 
-def _strip_bos(text: str, tokenizer: Any) -> str:
-    bos = getattr(tokenizer, "bos_token", None)
-    return text[len(bos):] if bos and text.startswith(bos) else text  # Ollama's runner adds BOS itself
-
-
 def check_against_ollama(tokenizer: PreTrainedTokenizerBase, choice: ChatTemplateChoice, ollama_template: str | None,
                          *, system_layer: str | None = None) -> TemplateCheck:
     """Render the sample conversations with the training template and with Ollama's TEMPLATE layer."""
@@ -83,14 +66,14 @@ def check_against_ollama(tokenizer: PreTrainedTokenizerBase, choice: ChatTemplat
         notes.append(f"Ollama adds the model's SYSTEM prompt ({system_layer[:60]!r}) to conversations without one; "
                      "records without a system message are trained without it")
     samples: list[SampleComparison] = []
-    for name, msgs in SAMPLES.items():
+    for name, msgs in TEMPLATE_SAMPLES.items():
         try:
             theirs = render_ollama(ollama_template, msgs)
         except GoTemplateError as exc:
             return TemplateCheck("unknown", f"could not evaluate the Ollama TEMPLATE ({exc}); "
                                  "the training template was not compared with it", samples, notes)
         try:
-            ours = _strip_bos(render_chat(tokenizer, choice, msgs, add_generation_prompt=True), tokenizer)
+            ours = strip_bos(render_chat(tokenizer, choice, msgs, add_generation_prompt=True), tokenizer)
         except DatasetError as exc:
             return TemplateCheck("unknown", f"the training template cannot render the sample: {exc}", samples, notes)
         samples.append(SampleComparison(name, ours, theirs))
