@@ -65,7 +65,7 @@ class Logs:
         self.on_line: Any = None
 
         @lc.llama_log_callback
-        def callback(level: int, text: bytes, user_data: Any) -> None:  # noqa: ARG001
+        def callback(level: int, text: bytes, user_data: Any) -> None:
             line = text.decode("utf-8", "replace")
             self.lines.append(line)
             m = _BUFFER_RE.search(line)

@@ -129,7 +129,7 @@ class _Child:
         self.what = what
         self.file_note = file_note
         self.extra_buffers = extra_buffers
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the child; closed in close())
         self.proc = subprocess.Popen([sys.executable, "-m", _CHILD_MODULE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr, env=_child_env(), bufsize=0)
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fixtures.tiny_models import session_factory
 
 from llamaforge_tui.core.export import llama_runner
 from llamaforge_tui.core.export.llama_child import CRASH_ENV
-from llamaforge_tui.core.export.llama_runner import LlamaCppCrashed, LlamaSession, llama_logits
+from llamaforge_tui.core.export.llama_runner import (
+    LlamaCppCrashed,
+    LlamaSession,
+    llama_logits,
+)
 from llamaforge_tui.core.gguf.writer import ExportCancelled, ExportError
 from llamaforge_tui.core.settings import Settings
 
