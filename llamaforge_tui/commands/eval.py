@@ -10,13 +10,10 @@ import time
 from typing import Any
 
 from llamaforge_tui.commands.common import add_json_flag, print_json, settings_from_args
+from llamaforge_tui.core.infer.eval_format import aligned, table_rows
 
 DEFAULT_GENERAL = "default"  # --general with no FILE: the sample shipped in assets/
 PROGRESS_SECONDS = 5.0
-# metric key -> (label, kind): kind picks the number format and how a change is written.
-ROWS = (("loss", "loss", "loss"), ("perplexity", "perplexity", "ppl"), ("exact_match", "exact match", "pct"),
-        ("token_f1", "token F1", "pct"), ("rouge_l", "ROUGE-L", "pct"),
-        ("general_loss", "general loss", "loss"), ("general_perplexity", "general perplexity", "ppl"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,39 +70,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_number(value: float | None, kind: str) -> str:
-    if value is None:
-        return "n/a"
-    if kind == "pct":
-        return f"{value * 100:.1f}%"
-    if kind == "ppl":
-        return f"{value:,.2f}"
-    return f"{value:.4f}"
-
-
-def format_change(base: float | None, tuned: float | None, kind: str) -> str:
-    """Tuned minus base; percentages as points, perplexity as a ratio (its differences span orders of magnitude)."""
-    if base is None or tuned is None:
-        return ""
-    delta = tuned - base
-    if kind == "pct":
-        return f"{delta * 100:+.1f} pts"
-    if kind == "ppl" and base > 0:
-        return f"x{tuned / base:.3g}"
-    return f"{delta:+.4f}"
-
-
-def table_rows(data: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, base, tuned, change) for the metrics that were measured."""
-    rows = []
-    for key, label, kind in ROWS:
-        base, tuned = data["base"].get(key), data["tuned"].get(key)
-        if base is None and tuned is None and key != "loss":
-            continue
-        rows.append((label, format_number(base, kind), format_number(tuned, kind), format_change(base, tuned, kind)))
-    return rows
-
-
 def _one_line(text: str, width: int = 100) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
@@ -116,10 +80,7 @@ def format_report(data: dict[str, Any]) -> str:
              else "training data (no eval split: this measures memorization, not generalization)")
     lines = [f"{data['run']}: {split}, {data['examples']} examples for loss, {data['generated']} answered"
              + (f" ({data['skipped']} too long, skipped)" if data.get("skipped") else "")]
-    rows = [("metric", "base", "tuned", "change"), *table_rows(data)]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    lines += aligned([("metric", "base", "tuned", "change"), *table_rows(data)])
     if data.get("general"):
         lines.append(f"general text: {data['general']['path']} ({data['general']['tokens']} tokens)")
     if data["samples"]:

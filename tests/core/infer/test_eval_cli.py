@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from llamaforge_tui.cli import main
-from llamaforge_tui.commands.eval import TerminalProgress, format_change, format_report
+from llamaforge_tui.commands.eval import TerminalProgress, format_report
+from llamaforge_tui.core.infer.eval_format import format_change, headline
 from llamaforge_tui.core.infer.evaluate import EVAL_FILE, EvalProgress
 from tests.fixtures.export_runs import make_run, write_chat_jsonl
 from tests.fixtures.train_models import make_tiny_llama, one_thread  # noqa: F401
@@ -85,6 +86,10 @@ def test_report_formatting() -> None:
     assert format_change(0.0, 0.875, "pct") == "+87.5 pts"
     assert format_change(100.0, 2.0, "ppl") == "x0.02"
     assert format_change(3.5, 0.5, "loss") == "-3.0000"
+    assert headline(None) == "-"
+    assert headline({"base": {"loss": 3.5, "exact_match": 0.0}, "tuned": {"loss": 0.5, "exact_match": 0.875}}) \
+        == "EM 0→88%"
+    assert headline({"base": {"loss": 3.5}, "tuned": {"loss": 0.5}}) == "3.50→0.50"
     data = {"run": "r", "path": "/runs/r", "split": "eval", "examples": 3, "generated": 0, "skipped": 0,
             "base": {"loss": 2.0, "perplexity": None}, "tuned": {"loss": 1.0, "perplexity": 2.718}, "samples": []}
     text = format_report(data)
