@@ -1,4 +1,5 @@
-"""GPU (NVML) and host (psutil) samples for the monitor: plain numbers plus a level enum, never renderables.
+"""GPU (NVML) and host (psutil) samples for the monitor: plain numbers plus a level enum, never renderables;
+and the memory pool a device trains in (VRAM, a Mac's unified memory, or RAM).
 
 Why this shape: the Train pane polls these every second for hours, over SSH, on machines that may have
 no NVIDIA driver at all. So every field is allowed to be unknown (``None`` -> "N/A"), fields that never
@@ -6,7 +7,9 @@ change (name, VRAM total, power limit) are read once and cached, and "no GPU" is
 (``GpuUnavailable`` with a reason a person can act on), not an exception. The UI maps ``Level`` to a CSS
 class; the theme decides the colour.
 
-Tests inject a fake NVML module into ``NvmlSampler`` (or pass any ``GpuSampler`` callable to the app).
+Tests inject a fake NVML module into ``NvmlSampler`` (or pass any ``GpuSampler`` callable to the app). The
+AMD (AMD SMI) and Apple (MPS) samplers, and the one that picks whichever this machine has, are in
+``gpu_samplers``; they produce the same ``GpuSample``.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import psutil
 
@@ -67,7 +72,13 @@ def _percent(used: float | None, total: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class GpuSample:
-    """One device at one moment. Any field may be ``None`` when the driver does not report it."""
+    """One device at one moment. Any field may be ``None`` when the driver does not report it.
+
+    On an Apple GPU (``vendor == "apple"``) ``memory_used`` is what Metal holds for this process
+    (``torch.mps.driver_allocated_memory``), ``memory_total`` Metal's recommended working-set limit, and
+    ``allocated`` the tensors inside it (``torch.mps.current_allocated_memory``); the memory is the Mac's
+    unified RAM, so the host sample's RAM is the same pool seen from the whole system.
+    """
 
     index: int
     name: str
@@ -77,6 +88,8 @@ class GpuSample:
     temperature_c: float | None = None
     power_w: float | None = None
     power_limit_w: float | None = None
+    vendor: str = "nvidia"  # "nvidia" | "amd" | "apple"
+    allocated: int | None = None  # Apple: bytes of tensors this process holds
 
     @property
     def memory_percent(self) -> float | None:
@@ -111,9 +124,11 @@ class GpuSample:
 
 @dataclass(frozen=True)
 class GpuUnavailable:
-    """There is no GPU to show, and why (no driver, no device, NVML error)."""
+    """There is no GPU to show, and why (no driver, no device, NVML error). ``details``: each backend's own
+    reason, when several were tried (too long for the gauges' one line; the UI shows it on demand)."""
 
     reason: str
+    details: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,6 +192,7 @@ class NvmlSampler:
     """
 
     nvml: ModuleType | Any | None = None
+    vendor: ClassVar[str] = "NVIDIA"
     _devices: list[_DeviceCache] | None = field(default=None, init=False, repr=False)
     _unavailable: GpuUnavailable | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -342,3 +358,58 @@ def sample_host(pid: int | None = None) -> HostSample:
         process_rss=rss,
         cpu_count=psutil.cpu_count(),
     )
+
+
+# -- the memory a device trains in ----------------------------------------------------------------------------------
+def memory_pool(device: Any = "cpu") -> tuple[int | None, int | None, str]:
+    """``(free bytes, total bytes, label)`` of the memory a run on ``device`` allocates from.
+
+    CUDA and ROCm GPUs: the GPU's VRAM (``torch.cuda.mem_get_info``; ROCm builds answer through the same call).
+    MPS: unified memory, so what the system has available, and no more than Metal's recommended working set
+    leaves beside what this process already holds there. CPU: available RAM. ``None`` where unknown.
+    """
+    text = str(device)
+    kind = str(getattr(device, "type", text.split(":")[0]))
+    if kind == "cuda":
+        index = None if isinstance(device, str) else getattr(device, "index", None)
+        if index is None and ":" in text:
+            index = int(text.split(":", 1)[1])
+        try:
+            import torch
+
+            free, total = torch.cuda.mem_get_info(index)
+            return int(free), int(total), "VRAM"
+        except (RuntimeError, AssertionError, ValueError):
+            return None, None, "VRAM"
+    vm = psutil.virtual_memory()
+    free, total = int(vm.available), int(vm.total)
+    if kind == "mps":
+        limit, held = _mps_working_set()
+        if limit is not None:
+            free = min(free, max(0, limit - (held or 0)))
+        return free, total, "unified memory"
+    return free, total, "RAM"
+
+
+def _mps_working_set() -> tuple[int | None, int | None]:
+    """(Metal's recommended max working set, what this process holds): torch 2.5+ on a Mac; else Nones."""
+    try:
+        import torch
+
+        if not torch.backends.mps.is_available():
+            return None, None
+        return int(torch.mps.recommended_max_memory()), int(torch.mps.driver_allocated_memory())
+    except (AttributeError, RuntimeError):
+        return None, None
+
+
+def apple_chip() -> str | None:
+    """"Apple M2 Pro" on a Mac (sysctl), else None."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                             timeout=5, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None

@@ -14,7 +14,7 @@ import pytest
 CORE = Path(__file__).resolve().parents[2] / "llamaforge_tui" / "core"
 LAYERS = [("gguf",), ("ollama", "hub"), ("data",), ("model",), ("train",), ("export",), ("infer",)]
 RANK = {pkg: i for i, group in enumerate(LAYERS) for pkg in group}
-SHARED = {"errors", "fsutil", "settings", "system"}
+SHARED = {"errors", "fsutil", "settings", "system", "gpu_samplers"}
 
 
 def import_graph(core: Path = CORE) -> dict[str, set[str]]:

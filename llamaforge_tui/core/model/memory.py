@@ -61,24 +61,11 @@ def fmt_bytes(n: int | float | None) -> str:
 
 
 def free_memory(device: str | torch.device = "cpu") -> int | None:
-    """Free bytes on ``device``: CUDA from the driver, otherwise the host's available RAM (MPS shares it)."""
-    kind = device if isinstance(device, str) else device.type
-    kind = kind.split(":")[0]
-    if kind == "cuda":
-        try:
-            import torch
+    """Free bytes of the pool ``device`` allocates from: VRAM on CUDA/ROCm, unified memory on MPS, else RAM
+    (``core.system.memory_pool`` decides, so the plan and the gauges agree)."""
+    from llamaforge_tui.core.system import memory_pool
 
-            index = None if isinstance(device, str) and ":" not in device else getattr(device, "index", None)
-            free, _ = torch.cuda.mem_get_info(index)
-            return int(free)
-        except (RuntimeError, AssertionError):
-            return None
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except (ImportError, OSError):
-        return None
+    return memory_pool(device)[0]
 
 
 def dtype_bytes(dtype: Any) -> int:

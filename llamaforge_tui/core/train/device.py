@@ -22,7 +22,6 @@ import functools
 import os
 import platform
 import re
-import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.errors import ConfigError
+from llamaforge_tui.core.system import apple_chip
 
 if TYPE_CHECKING:
     import torch
@@ -88,17 +88,6 @@ def _version(text: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
-def _apple_chip() -> str | None:
-    if sys.platform != "darwin":
-        return None
-    try:
-        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                             timeout=5, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out or None
-
-
 def cpu_has_fast_bf16() -> bool:
     """AVX512-BF16 / AMX: bf16 matmuls run 2-4x faster than fp32 on such CPUs."""
     import torch
@@ -128,7 +117,7 @@ def probe() -> Accelerators:
         torch_version=_version(torch.__version__), cuda_available=cuda, cuda_count=count, cuda_names=names,
         hip_version=getattr(torch.version, "hip", None) or None, cuda_bf16=bf16,
         mps_built=bool(mps is not None and mps.is_built()), mps_available=bool(mps is not None and mps.is_available()),
-        macos_version=_version(mac) if mac else None, apple_chip=_apple_chip(), cpu_fast_bf16=cpu_has_fast_bf16())
+        macos_version=_version(mac) if mac else None, apple_chip=apple_chip(), cpu_fast_bf16=cpu_has_fast_bf16())
 
 
 # -- device -------------------------------------------------------------------------------------------------------

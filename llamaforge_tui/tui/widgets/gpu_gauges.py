@@ -1,4 +1,5 @@
-"""GPU gauges (one row per device) and the host row (CPU, RAM, the training process's RSS).
+"""GPU gauges (one row per device: NVIDIA, AMD or the Apple GPU) and the host row (CPU, RAM, the training
+process's RSS). On a Mac the RAM gauge reads "UMA": it is the unified memory the Apple GPU trains in.
 
 Sampling runs in a thread worker that waits on its ``cancelled_event`` between samples, so it never
 blocks the UI and stops promptly. Samples are posted as a coalescing message: if the UI falls behind,
@@ -19,6 +20,7 @@ from textual.widgets import Label, Static
 from textual.worker import Worker, get_current_worker
 
 from llamaforge_tui.core.fsutil import human_bytes
+from llamaforge_tui.core.gpu_samplers import AutoGpuSampler
 from llamaforge_tui.core.system import (
     GpuResult,
     GpuSample,
@@ -27,12 +29,14 @@ from llamaforge_tui.core.system import (
     HostSample,
     HostSampler,
     Level,
-    NvmlSampler,
 )
 
 NAME_WIDTH = 14
 BAR = 5  # cells per bar: a GPU row fits the monitor column of a 120-column terminal
 LEVEL_CLASSES = tuple(f"-{level.value}" for level in Level)
+# Dropped from a device name so the model fits the name column: "AMD Instinct MI300X" -> "MI300X".
+VENDOR_PREFIXES = ("NVIDIA ", "AMD ", "Apple ", "GeForce ", "Instinct ", "Radeon ")
+UNIFIED_TIP = "Unified memory: the Mac's RAM, shared by the CPU and the Apple GPU"
 
 
 def bar_text(percent: float | None, width: int = 10) -> str:
@@ -54,7 +58,9 @@ def _pct(value: float | None) -> str:
 
 
 def _gb(value: int | None) -> str:
-    return "N/A" if value is None else f"{value / 1e9:.1f}"
+    if value is None:
+        return "N/A"
+    return f"{value / 1e9:.0f}" if value >= 99.95e9 else f"{value / 1e9:.1f}"  # 192 GB cards fit the column too
 
 
 def _used_total(used: int | None, total: int | None) -> str:
@@ -94,10 +100,18 @@ class GpuRow(Horizontal):
         yield Gauge(classes="gauge gpu-power")
 
     def show(self, sample: GpuSample) -> None:
-        self.query_one(".gpu-name", Label).update(Text(f"GPU{sample.index} {sample.name.removeprefix('NVIDIA ')}"[:NAME_WIDTH]))
-        self.query_one(".gpu-util", Gauge).set_value(
-            f"util {bar_text(sample.utilization_percent, BAR)} {_pct(sample.utilization_percent)}",
-            sample.utilization_level)
+        name = sample.name
+        for prefix in VENDOR_PREFIXES:
+            name = name.removeprefix(prefix)
+        label = "MPS" if sample.vendor == "apple" else f"GPU{sample.index}"
+        self.query_one(".gpu-name", Label).update(Text(f"{label} {name}"[:NAME_WIDTH]))
+        if sample.vendor == "apple":  # no utilisation to read: the tensors inside Metal's share instead
+            self.query_one(".gpu-util", Gauge).set_value(
+                f"alloc {_gb(sample.allocated)}G", Level.NA if sample.allocated is None else Level.LOW)
+        else:
+            self.query_one(".gpu-util", Gauge).set_value(
+                f"util {bar_text(sample.utilization_percent, BAR)} {_pct(sample.utilization_percent)}",
+                sample.utilization_level)
         self.query_one(".gpu-mem", Gauge).set_value(
             f"mem {bar_text(sample.memory_percent, BAR)} {_used_total(sample.memory_used, sample.memory_total)}",
             sample.memory_level)
@@ -119,12 +133,13 @@ class HostRow(Horizontal):
         yield Gauge(classes="gauge host-ram")
         yield Gauge(classes="gauge host-rss")
 
-    def show(self, sample: HostSample) -> None:
+    def show(self, sample: HostSample, *, unified: bool = False) -> None:
         self.query_one(".host-cpu", Gauge).set_value(
             f"CPU {bar_text(sample.cpu_percent, BAR)} {_pct(sample.cpu_percent)}", sample.cpu_level)
-        self.query_one(".host-ram", Gauge).set_value(
-            f"RAM {bar_text(sample.ram_percent, BAR)} {_used_total(sample.ram_used, sample.ram_total)}",
-            sample.ram_level)
+        ram = self.query_one(".host-ram", Gauge)
+        ram.set_value(f"{'UMA' if unified else 'RAM'} {bar_text(sample.ram_percent, BAR)} "
+                      f"{_used_total(sample.ram_used, sample.ram_total)}", sample.ram_level)
+        ram.tooltip = UNIFIED_TIP if unified else None
         self.query_one(".host-rss", Gauge).set_value(f"RSS {human_bytes(sample.process_rss)}", Level.LOW)
 
 
@@ -145,8 +160,8 @@ class GpuGauges(Vertical):
     def __init__(self, *, gpu_sampler: GpuSampler | None = None, host_sampler: Any = None,
                  interval: float = 1.0, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._owns_nvml = gpu_sampler is None
-        self.gpu_sampler: GpuSampler = gpu_sampler or NvmlSampler()
+        self._owns_sampler = gpu_sampler is None
+        self.gpu_sampler: GpuSampler = gpu_sampler or AutoGpuSampler()
         self.host_sampler = host_sampler or HostSampler()
         self.interval = interval
         self.last_gpus: GpuResult | None = None
@@ -165,7 +180,7 @@ class GpuGauges(Vertical):
     def on_unmount(self) -> None:
         if self._sampler_worker is not None:
             self._sampler_worker.cancel()
-        if self._owns_nvml and isinstance(self.gpu_sampler, NvmlSampler):
+        if self._owns_sampler and isinstance(self.gpu_sampler, AutoGpuSampler):
             self.gpu_sampler.close()
 
     @work(thread=True, group="sampling", name="system-sampler", description="GPU and host sampling",
@@ -189,6 +204,7 @@ class GpuGauges(Vertical):
         if isinstance(gpus, GpuUnavailable):
             if not isinstance(self._shown_gpus, GpuUnavailable) or self._shown_gpus.reason != gpus.reason:
                 reason.update(Text(f"{gpus.reason[:1].upper()}{gpus.reason[1:]}; showing CPU and RAM instead."))
+                reason.tooltip = gpus.details or None
             reason.display = True
             rows.display = False
         else:
@@ -201,12 +217,22 @@ class GpuGauges(Vertical):
             else:
                 for row, sample in zip(existing, gpus):
                     row.show(sample)
-        self.query_one(HostRow).show(host)
+        self.query_one(HostRow).show(host, unified=_apple(gpus))
 
     @property
     def free_accelerator_bytes(self) -> tuple[str, int | None]:
-        """("VRAM", free bytes of the emptiest GPU) or ("RAM", available RAM): what a run can use."""
+        """("VRAM", free bytes of the emptiest GPU), ("unified memory", what the Apple GPU can still take: no
+        more than the Mac has available) or ("RAM", available RAM): what a run can use (as ``memory_pool``)."""
+        host_free = self.last_host.ram_available if self.last_host else None
+        if _apple(self.last_gpus):
+            assert isinstance(self.last_gpus, list)
+            frees = [f for f in (self.last_gpus[0].memory_free, host_free) if f is not None]
+            return "unified memory", min(frees) if frees else None
         if isinstance(self.last_gpus, list) and self.last_gpus:
             frees = [g.memory_free for g in self.last_gpus if g.memory_free is not None]
             return "VRAM", max(frees) if frees else None
-        return "RAM", self.last_host.ram_available if self.last_host else None
+        return "RAM", host_free
+
+
+def _apple(gpus: GpuResult | None) -> bool:
+    return isinstance(gpus, list) and bool(gpus) and gpus[0].vendor == "apple"
