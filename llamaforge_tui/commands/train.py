@@ -70,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chat-template", metavar="NAME", help="override the chat template (family, file or Jinja)")
     parser.add_argument("--scheduler", choices=("cosine", "linear", "constant"))
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto (a CUDA or ROCm GPU, else the Apple GPU, else the CPU), cpu, cuda, "
+                        "cuda:N or mps; the run's log says which and why")
     parser.add_argument("--packing", action="store_true", help="pack examples into max_seq_len rows "
                         "(default: length-grouped batches)")
     parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches (the default)")
