@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from textual import work
+from textual.binding import Binding
+from textual.widgets import DataTable
 
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.fsutil import human_bytes
@@ -24,6 +26,12 @@ from llamaforge_tui.tui.screens.pull_screen import PullScreen
 from llamaforge_tui.tui.screens.running_models import RunningModelsScreen
 
 SERVER_ACTIONS = frozenset({"copy_model", "rename_model", "delete_model", "pull_model", "running_models"})
+
+
+class ModelsTable(DataTable):
+    """The Models pane's table: ``enter`` (the table's own select) is shown in the footer as Show."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Show", id="models.show_row")]
 
 
 class ModelActions:

@@ -26,7 +26,7 @@ from llamaforge_tui.core.fsutil import human_bytes, safe_text
 from llamaforge_tui.core.model.basemodel import scan_models
 from llamaforge_tui.core.ollama.store import OllamaModel, ServerStatus, StoreScan, server_status
 from llamaforge_tui.tui.screens.base_override import BaseOverrideScreen
-from llamaforge_tui.tui.widgets.models_actions import ModelActions
+from llamaforge_tui.tui.widgets.models_actions import ModelActions, ModelsTable
 
 NARROW_WIDTH = 100  # below this the details go under the table instead of beside it
 # Other panes follow the selection (the Dataset pane loads a tokenizer), so tell them only once the
@@ -182,7 +182,7 @@ class ModelsPane(ModelActions, Vertical):
         box.display = False  # hidden from the start, so auto-focus can never land (and type) in it
         yield box
         with Horizontal(id="models-body"):
-            table: DataTable[Text] = DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
+            table: DataTable[Text] = ModelsTable(id="models-table", cursor_type="row", zebra_stripes=True)
             yield table
             with VerticalScroll(id="models-details-box"):
                 yield Static(Text("No model selected."), id="models-details", markup=False)
