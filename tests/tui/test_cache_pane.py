@@ -88,7 +88,7 @@ async def test_lists_repos_sorted_by_size_with_total_and_warnings(cache) -> None
         assert [str(c) for c in table.get_row_at(1)][4] == "no"
         assert [str(c) for c in table.get_row_at(4)][4] == "corrupt"
         summary = str(pane.query_one("#cache-summary", Label).render())
-        assert "5 repo(s), total 134.14 kB" in summary and "1 interrupted download(s)" in summary
+        assert "5 repo(s) (1 corrupt), total 134.14 kB" in summary and "1 interrupted download(s)" in summary
         warnings = pane.query_one("#cache-warnings", Static)
         assert warnings.has_class("-shown") and "broken symlink" in str(warnings.render())
 

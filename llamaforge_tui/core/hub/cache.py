@@ -183,6 +183,10 @@ class CacheScan:
     # filled in by ``core.model.dequant_cache.scan_cache_with_dequantized``, which knows that cache.
     dequantized_cache_bytes: int = 0
 
+    @property
+    def corrupt_count(self) -> int:
+        return sum(1 for r in self.repos if r.corrupt)
+
     def find(self, repo_id: str, repo_type: str | None = None) -> RepoEntry:
         for repo in self.repos:
             if repo.repo_id == repo_id and (repo_type is None or repo.repo_type == repo_type):
@@ -194,6 +198,7 @@ class CacheScan:
         return {
             "cache_dir": str(self.cache_dir),
             "total_size_bytes": self.total_size_bytes,
+            "corrupt_repos": self.corrupt_count,
             "dequantized_cache_bytes": self.dequantized_cache_bytes,
             "warnings": list(self.warnings),
             "incomplete_downloads": [{"path": str(p), "size_bytes": s} for p, s in self.incomplete_files],
@@ -315,7 +320,10 @@ def scan_cache(cache_dir: str | Path | None = None) -> CacheScan:
             repos.append(entry)
     incomplete = sorted((f.file_path, f.size_on_disk) for f in getattr(info, "incomplete_files", ()))
     repos.sort(key=lambda r: (-r.size_bytes, r.repo_id))
-    return CacheScan(folder, repos, info.size_on_disk, warnings, incomplete, info)
+    # What the cache holds on disk: every row, corrupt ones included (huggingface_hub's own total leaves out
+    # the repos it rejected, so the rows would not add up to it).
+    total = sum(r.size_bytes for r in repos)
+    return CacheScan(folder, repos, total, warnings, incomplete, info)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -151,7 +151,9 @@ class CachePane(Vertical):
     def apply_scan(self, result: ScanResult) -> None:
         self.result = result
         scan = result.scan
-        summary = f"HF cache {scan.cache_dir}: {len(scan.repos)} repo(s), total {human_bytes(scan.total_size_bytes)}"
+        corrupt = f" ({scan.corrupt_count} corrupt)" if scan.corrupt_count else ""
+        summary = (f"HF cache {scan.cache_dir}: {len(scan.repos)} repo(s){corrupt}, "
+                   f"total {human_bytes(scan.total_size_bytes)}")
         if scan.incomplete_files:
             size = sum(s for _, s in scan.incomplete_files)
             summary += f"; {len(scan.incomplete_files)} interrupted download(s) ({human_bytes(size)})"
@@ -160,7 +162,7 @@ class CachePane(Vertical):
         self.query_one("#cache-summary", Label).update(Text(summary))
         warnings = [f"warning: {w}" for w in scan.warnings] + ([f"note: {result.note}"] if result.note else [])
         panel = self.query_one("#cache-warnings", Static)
-        panel.update("\n".join(warnings))
+        panel.update(Text("\n".join(warnings)))
         panel.set_class(bool(warnings), "-shown")
         self._fill_table()
 

@@ -47,10 +47,21 @@ def test_scan_lists_every_repo_with_sizes_types_and_completeness(cache) -> None:
     assert partial.revisions[0].missing == ("model-00002-of-00003.safetensors",)
     assert by_id["acme/small-model"].complete is True
     assert by_id["acme/chat-data"].repo_type == "dataset" and by_id["acme/chat-data"].complete is None
-    # Sorted by size, biggest first; the total is huggingface_hub's physical size.
+    # Sorted by size, biggest first; the total is what the cache holds on disk, corrupt repos included.
     sizes = [r.size_bytes for r in scan.repos]
     assert sizes == sorted(sizes, reverse=True)
-    assert scan.total_size_bytes == sum(_blob_bytes(r.repo_path) for r in scan.repos if not r.corrupt)
+    assert scan.total_size_bytes == sum(_blob_bytes(r.repo_path) for r in scan.repos) == sum(sizes)
+    assert scan.corrupt_count == 1 and scan.to_dict()["corrupt_repos"] == 1
+
+
+def test_a_corrupt_repo_with_data_counts_in_the_total(cache) -> None:
+    """The walkthrough: a repo with a missing blob still holds 2 MB; the total used to leave it out."""
+    broken = cache.root / "models--acme--broken-model" / "blobs"
+    (broken / ("f" * 64)).write_bytes(b"x" * 2_000_000)
+    scan = scan_cache(cache.root)
+    assert scan.find("acme/broken-model").size_bytes >= 2_000_000
+    assert scan.total_size_bytes == sum(r.size_bytes for r in scan.repos)
+    assert scan.total_size_bytes >= 2_000_000 + sum(r.size_bytes for r in scan.repos if not r.corrupt)
 
 
 def test_corrupt_repo_is_listed_with_the_scan_warning(cache) -> None:
