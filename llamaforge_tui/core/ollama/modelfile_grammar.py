@@ -49,12 +49,13 @@ def quote_block(text: str) -> str | None:
 
 def quote_value(text: str) -> str | None:
     """A one-argument value (a PARAMETER): ``"text"`` where that reads back exactly, else ``\"\"\"text\"\"\"``,
-    else None. ``"..."`` fails when the text starts with ``""`` (the opening would read as triple quotes) or
-    has a quote right before a newline (the value would end there)."""
+    else None. ``"..."`` fails when it would open with three quotes (text ``"`` or starting ``""``) or when
+    the text has a quote right before a newline (the value would end there)."""
     if lost_character(text) is not None:
         return None
-    if not text.startswith('""') and not _EARLY_CLOSE.search(text):
-        return '"' + text + '"'
+    quoted = '"' + text + '"'
+    if not quoted.startswith('"""') and not _EARLY_CLOSE.search(text):
+        return quoted
     return quote_block(text)
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures.fuzz_inputs import _TEMPLATE_PIECES, template_input
+from fixtures.fuzz_inputs import TEMPLATE_PIECES, template_input
 from llamaforge_tui.core.ollama.go_template import MAX_OUTPUT_CHARS, GoTemplateError, execute, identifiers, parse
 from llamaforge_tui.core.ollama.go_template_parse import MAX_BLOCK_DEPTH, MAX_PAREN_DEPTH
 from llamaforge_tui.core.ollama.template import render_ollama
@@ -33,7 +33,7 @@ def render_or_refuse(src: str) -> str | None:
 
 
 @FAST
-@given(pieces=st.lists(st.sampled_from(_TEMPLATE_PIECES), max_size=30))
+@given(pieces=st.lists(st.sampled_from(TEMPLATE_PIECES), max_size=30))
 def test_any_sequence_of_template_pieces(pieces: list[str]) -> None:
     render_or_refuse("".join(pieces))
 
