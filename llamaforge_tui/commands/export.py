@@ -45,11 +45,13 @@ class _Printer:
         self.last_pct = -10
 
     def __call__(self, p: ExportProgress) -> None:
-        if p.phase == "write" and p.total:
+        if p.phase in ("write", "quantize") and p.total:
+            if p.phase != self.last_phase:
+                self.last_phase, self.last_pct = p.phase, -10
             pct = int(100 * p.done / p.total)
             if pct >= self.last_pct + 10 or pct == 100:
                 self.last_pct = pct
-                print(f"  writing {pct:3d}%", file=sys.stderr, flush=True)
+                print(f"  {'writing' if p.phase == 'write' else 'quantizing'} {pct:3d}%", file=sys.stderr, flush=True)
             return
         if p.phase == "register" and p.total:
             return
@@ -89,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if v is not None:
         print(f"verification: top-1 {v.top1_agreement:.1%}, mean KL {v.mean_kl:.2e} over {v.positions} positions: "
               f"{'passed' if v.passed else 'FAILED'}")
+        for name, part in v.parts.items():
+            print(f"  {name:8s} top-1 {part.top1_agreement:.1%} (gate {part.min_top1:.0%}), mean KL {part.mean_kl:.2e} "
+                  f"(gate {part.max_kl:.1e}): {part.what}: {'ok' if part.passed else 'FAILED'}")
         if v.sample is not None:
             print(f"  expected:  {v.sample.expected}")
             print(f"  generated: {v.sample.generated}")

@@ -90,7 +90,10 @@ class ExportResult:
             "verification": None if v is None else {
                 "top1_agreement": v.top1_agreement, "mean_kl": v.mean_kl, "max_kl": v.max_kl,
                 "positions": v.positions, "passed": v.passed, "gate": v.gate, "warnings": v.warnings,
-                "floor_kl": v.floor_kl,
+                "floor_kl": v.floor_kl, "method": v.method, "effect_kl": v.effect_kl,
+                "buffer_types": v.buffer_types,
+                "parts": {k: {"top1_agreement": p.top1_agreement, "mean_kl": p.mean_kl, "min_top1": p.min_top1,
+                              "max_kl": p.max_kl, "passed": p.passed, "what": p.what} for k, p in v.parts.items()},
                 "sample": None if v.sample is None else {"prompt": v.sample.prompt, "expected": v.sample.expected,
                                                          "generated": v.sample.generated}},
             "name": self.name, "create_command": self.create_command, "warnings": self.warnings,
@@ -232,7 +235,9 @@ def _write_merged(run: RunInfo, adapter: LoraAdapter, out_type: str, path: Path,
                 closer()
         if tmpdir is not None:
             emit(ExportProgress("quantize", f"quantizing to {out_type.upper()} with llama.cpp"))
-            size = kquant.quantize_file(target, path, out_type)
+            size = kquant.quantize_file(
+                target, path, out_type, stop_event=stop_event,
+                on_progress=lambda d, t: emit(ExportProgress("quantize", f"quantizing to {out_type.upper()}", d, t)))
         return size
     finally:
         if tmpdir is not None:
@@ -257,9 +262,9 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
     if out_type in kquant.KQUANT_TYPES and not options.adapter and not kquant.kquant_available():
         raise ExportError(f"{out_type.upper()} needs llama.cpp's quantizer: install it with {kquant.INSTALL_HINT}")
     if options.verify:
-        from llamaforge_tui.core.export.verify import require_llama_cpp
+        from llamaforge_tui.core.export.llama_runner import require_llama_cpp
 
-        require_llama_cpp()
+        require_llama_cpp("verification")
     name = validate_name(options.name or _default_name(run))
     out_dir = Path(options.out_dir or run.run_dir / "export").expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -326,31 +331,24 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
 
 
 def verify_merged(run: RunInfo, ref: Any, path: Path, out_type: str, label: str,
-                   emit: Callable[[ExportProgress], None], *, sample: bool = True) -> Verification:
-    """Verify a merged file; a Q8_0 miss is re-judged against the base model's own Q8_0 noise (its floor)."""
-    result = ref.verify(path, out_type, label=label, sample=sample)
-    if result.passed or result.gate != "q8_0":
-        return result
-    emit(ExportProgress("verify", f"measuring the {out_type} quantization floor of the base model"))
-    tmpdir = Path(tempfile.mkdtemp(prefix=".lf-floor-", dir=path.parent))
+                  emit: Callable[[ExportProgress], None], *, sample: bool = True) -> Verification:
+    """Verify a merged file. Q8_0 is judged in parts (``verify.judge_parts``): the file's own weights in PyTorch,
+    llama.cpp's F16 run of those weights, and llama.cpp's Q8_0 arithmetic, so a CPU's kernels cannot fail a
+    correct file and a wrong layout or a lost LoRA cannot pass."""
+    from llamaforge_tui.core.export.merge import plan_gguf_merge
+    from llamaforge_tui.core.export.verify import gate_class
+
+    say = lambda m: emit(ExportProgress("verify", m))  # noqa: E731
+    if gate_class(out_type) != "q8_0":
+        return ref.verify(path, out_type, label=label, sample=sample)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".lf-f16-copy-", dir=path.parent))
     try:
-        base = tmpdir / "base.gguf"
-        if run.gguf_based:
-            from llamaforge_tui.core.export.merge import plan_gguf_merge
-
-            with GgufFile(run.source["gguf_path"]) as src:
-                kvd, plans, _ = plan_gguf_merge(src, None, out_type)
-                write_gguf(base, kvd, plans)
-        else:
-            from llamaforge_tui.core.export.hf import plan_hf_export
-
-            kvd, plans, closer = plan_hf_export(Path(run.source["model_dir"]), run.source.get("architecture"), None,
-                                                out_type)
-            try:
-                write_gguf(base, kvd, plans)
-            finally:
-                closer()
-        return ref.apply_floor(result, base, out_type)
+        float_copy = tmpdir / "dequantized-f16.gguf"
+        say(f"writing the weights of {path.name} as F16, for llama.cpp's own float run")
+        with GgufFile(path) as src:
+            kvd, plans, _ = plan_gguf_merge(src, None, "f16")
+            write_gguf(float_copy, kvd, plans)
+        return ref.verify(path, out_type, label=label, sample=sample, float_copy=float_copy, say=say)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 

@@ -8,6 +8,7 @@ prompts encoded exactly as training encoded them (``train_setup.prepare_data``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,18 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llamaforge_tui.core.gguf.writer import ExportError
+from llamaforge_tui.core.export.llama_runner import LlamaSession
 from llamaforge_tui.core.export.verify import (
     MIN_POSITIONS,
-    LlamaCppRunner,
     Verification,
     VerificationSample,
-    GATES,
     compare_logits,
     judge,
-    llama_cpp_logits,
+    judge_parts,
     torch_logits,
 )
+from llamaforge_tui.core.gguf.writer import ExportError
 
 if TYPE_CHECKING:
     from llamaforge_tui.core.settings import Settings
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_POSITIONS = 256
 MAX_SEQ = 192
-FLOOR_FACTOR = 5.0
 
 
 @dataclass
@@ -45,49 +44,73 @@ class ReferenceModel:
 
     sequences: list[list[int]]
     logits: list[np.ndarray]
-    base_logits: list[np.ndarray]  # the base model without the adapter: for the quantization floor
+    base_logits: list[np.ndarray]  # the base model without the adapter: the fine-tune's effect
     tokenizer: Any
     sample_prompt: str
     sample_prompt_ids: list[int]
     sample_expected: str
     stop_ids: set[int]
+    extra_buffers: bool = False  # the llama_cpp_extra_buffers setting
 
     @property
     def positions(self) -> int:
         return sum(len(s) for s in self.sequences)
 
+    @functools.cached_property
+    def effect_kl(self) -> float:
+        """KL(reference || base): how much the fine-tune changed the model on these prompts."""
+        return compare_logits(self.logits, self.base_logits).mean_kl
+
+    def session(self, gguf_path: Path, *, lora_path: Path | None = None, n_ctx: int, what: str,
+                export: Path | None = None) -> LlamaSession:
+        note = f"The export {export or lora_path or gguf_path} was written completely before verification and is untouched."
+        return LlamaSession(gguf_path, lora_path=lora_path, n_ctx=n_ctx, extra_buffers=self.extra_buffers,
+                            what=what, file_note=note)
+
+    def llama_logits(self, gguf_path: Path, *, lora_path: Path | None = None, what: str,
+                     export: Path | None = None) -> list[np.ndarray]:
+        n_ctx = max(64, max(len(s) for s in self.sequences) + 8)
+        with self.session(gguf_path, lora_path=lora_path, n_ctx=n_ctx, what=what, export=export) as llm:
+            return llm.logits(self.sequences)
+
     def verify(self, gguf_path: Path, out_type: str, *, lora_path: Path | None = None, label: str = "",
-               sample: bool = True) -> Verification:
-        """Compare llama.cpp on ``gguf_path`` (+ ``lora_path``) with the reference and greedy-generate the sample."""
-        cand = llama_cpp_logits(gguf_path, self.sequences, lora_path=lora_path)
+               sample: bool = True, float_copy: Path | None = None,
+               say: Callable[[str], None] | None = None) -> Verification:
+        """Compare llama.cpp on ``gguf_path`` (+ ``lora_path``) with the reference and greedy-generate the sample,
+        both in one llama.cpp child. With ``float_copy`` (the same file, every tensor dequantized to F16), judge a
+        quantized file in parts (``verify.judge_parts``)."""
+        n_new = min(256, len(self.tokenizer(self.sample_expected, add_special_tokens=False)["input_ids"]) + 16)
+        n_ctx = max(64, max(len(s) for s in self.sequences) + 8, len(self.sample_prompt_ids) + n_new + 8)
+        what = f"verification of {(lora_path or gguf_path).name} in llama.cpp"
+        with self.session(gguf_path, lora_path=lora_path, n_ctx=n_ctx, what=what) as llm:
+            cand = llm.logits(self.sequences)
+            ids = llm.greedy(self.sample_prompt_ids, n_new, self.stop_ids) if sample and self.sample_prompt_ids else None
+            buffers = list(llm.info.buffer_types)
         result = judge(compare_logits(self.logits, cand), out_type, label=label or out_type)
-        if sample and self.sample_prompt_ids:
-            n_new = min(256, len(self.tokenizer(self.sample_expected, add_special_tokens=False)["input_ids"]) + 16)
-            runner = LlamaCppRunner(gguf_path, lora_path=lora_path, n_ctx=len(self.sample_prompt_ids) + n_new + 8)
-            try:
-                ids = runner.greedy(self.sample_prompt_ids, n_new, self.stop_ids)
-            finally:
-                runner.close()
+        result.buffer_types = buffers
+        result.effect_kl = self.effect_kl
+        if ids is not None:
             generated = self.tokenizer.decode(ids, skip_special_tokens=True)
             result.sample = VerificationSample(self.sample_prompt, self.sample_expected, generated.strip())
+        if float_copy is not None:
+            result = self._judge_in_parts(result, cand, gguf_path, float_copy, out_type, say or (lambda m: None))
         return result
 
-    def apply_floor(self, result: Verification, base_gguf: Path, out_type: str) -> Verification:
-        """Re-judge a failed quantized result against the quantization floor: the base model (no adapter) written
-        in the same type, compared with the base reference. Quantization noise the base model shows too is the
-        type's, not the export's; a layout or merge bug lands far above it."""
-        floor = compare_logits(self.base_logits, llama_cpp_logits(base_gguf, self.sequences))
-        result.floor_kl = floor.mean_kl
-        limit = FLOOR_FACTOR * floor.mean_kl + GATES[result.gate][1]
-        min_top1 = min(GATES[result.gate][0], floor.top1_agreement - 0.02)
-        if result.mean_kl <= limit and result.top1_agreement >= min_top1:
-            result.passed = True
-            result.warnings = [w for w in result.warnings if not w.startswith(out_type + ":")]
-            result.warnings.append(
-                f"{out_type}: mean KL {result.mean_kl:.2e} is above the {GATES[result.gate][1]:.0e} gate, but the base "
-                f"model written as {out_type} already shows {floor.mean_kl:.2e} on these prompts (the type's own "
-                f"noise on this model); within {FLOOR_FACTOR:g}x of that floor, so the export is faithful")
-        return result
+    def _judge_in_parts(self, result: Verification, candidate: list[np.ndarray], gguf_path: Path, float_copy: Path,
+                        out_type: str, say: Callable[[str], None]) -> Verification:
+        from llamaforge_tui.core.model import loading
+
+        say(f"PyTorch on the weights of {gguf_path.name}")
+        model = loading.load_model(str(gguf_path), None, weights="gguf", dtype="float32", device="cpu",
+                                   check_memory=False).model
+        model.eval()
+        own = torch_logits(model, self.sequences)
+        del model
+        say("llama.cpp's own F16 run of the same weights")
+        floated = self.llama_logits(float_copy, what=f"verification of {gguf_path.name} (its F16 copy) in llama.cpp",
+                                    export=gguf_path)
+        return judge_parts(result, compare_logits(self.logits, own), compare_logits(own, floated),
+                           compare_logits(floated, candidate), result.effect_kl, out_type)
 
 
 def _pick_sequences(examples: list[Any]) -> list[list[int]]:
@@ -171,4 +194,7 @@ def build_reference(source: dict[str, Any], config: TrainConfig, adapter_dir: Pa
     template = resolve_chat_template(tok, arch, override=config.chat_template)
     prompt, prompt_ids, expected = _sample(tok, config, template)
     del model, loaded
-    return ReferenceModel(seqs, logits, base_logits, tok, prompt, prompt_ids, expected, _stop_ids(tok))
+    from llamaforge_tui.core.export.llama_runner import extra_buffers_setting
+
+    return ReferenceModel(seqs, logits, base_logits, tok, prompt, prompt_ids, expected, _stop_ids(tok),
+                          extra_buffers_setting(settings))

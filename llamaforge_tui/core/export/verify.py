@@ -1,15 +1,29 @@
 """Proof that an exported GGUF computes what the trained PyTorch model computes.
 
-The exported file is loaded in llama.cpp (through ``llama-cpp-python``, the ``verify`` extra) and its
-next-token distributions are compared with reference logits (the merged PyTorch model) on the same token
-ids: top-1 agreement and mean KL(reference || llama.cpp) over every position. Token ids, not text, go in,
-so tokenizer differences cannot blur a weight or layout bug.
+The exported file is run in llama.cpp (``llama_runner``: a child process) and its next-token distributions are
+compared with reference logits (the merged PyTorch model) on the same token ids: top-1 agreement and mean
+KL(reference || llama.cpp) over every position. Token ids, not text, go in, so tokenizer differences cannot
+blur a weight or layout bug.
+
+For Q8_0 that end-to-end figure mixes two things: the file (the merged weights rounded to Q8_0, in the right
+layout) and llama.cpp's arithmetic on this CPU (it quantizes activations too, and its kernels differ between
+CPU families: on an Intel AMX/AVX512-BF16 Xeon a correct file measured top-1 95.6 %, KL 1.1e-2; here, on AMD
+Zen with AVX512-BF16, 97.1 %, 3.0e-2 for the memorizing Gemma run of tests/core/export/test_export_gemma.py).
+So a Q8_0 file is judged in three parts (``judge_parts``), each against its own, measured noise:
+
+- ``file``: PyTorch on the weights dequantized from that very file vs the reference (no llama.cpp). Rounding
+  to Q8_0 costs KL 5.7e-3 on that run; a permuted q projection 11.5, a dropped LoRA 7.2 (the fine-tune's own
+  effect, KL(reference || base), was 7.2). It fails above ``FILE_GATE`` or when it undoes more than
+  ``MAX_EFFECT_SHARE`` of the fine-tune's effect.
+- ``reading``: llama.cpp's own F16 run of the same (dequantized) weights vs PyTorch on them: must meet the float
+  gate, so llama.cpp reads the metadata and layout as we wrote them (measured 1.4e-5).
+- ``kernel``: llama.cpp's Q8_0 run vs its own F16 run of identical weights: nothing but llama.cpp's Q8_0
+  arithmetic, which the export cannot cause; only a sanity gate (``KERNEL_GATE``) catches a block format that
+  llama.cpp reads differently from its dequantization.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,15 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from llamaforge_tui.core.gguf.writer import ExportError
+from llamaforge_tui.core.export import llama_runner
 
-VERIFY_INSTALL_HINT = 'pip install "llamaforge-tui[verify]"'
+VERIFY_INSTALL_HINT = llama_runner.INSTALL_HINT
 MIN_POSITIONS = 64
 
 # (min top-1 agreement, max mean KL) per output class; None KL gate = report and warn only.
 GATES: dict[str, tuple[float, float]] = {"float": (0.99, 1e-4), "q8_0": (0.97, 1e-3)}
 WARN_KL_4BIT = 0.05
 TIE_TOLERANCE = 0.01  # logits; see compare_logits
+# Q8_0 in parts (see the module docstring for the measurements behind each number).
+FILE_GATE = (0.90, 0.1)  # the file's own weights vs the reference: rounding 5.7e-3, faults 7 to 11
+MAX_EFFECT_SHARE = 0.5  # the file may not undo half of what the fine-tune changed (a dropped LoRA undoes all)
+KERNEL_GATE = (0.90, 0.1)  # llama.cpp Q8_0 vs llama.cpp F16, same weights: 1.0e-2 (AMD), <= 1.1e-2 (Intel AMX)
 
 
 def gate_class(out_type: str) -> str:
@@ -45,6 +63,18 @@ class VerificationSample:
 
 
 @dataclass
+class Part:
+    """One measured comparison of a parts judgment, with the gate it was held to."""
+
+    top1_agreement: float
+    mean_kl: float
+    min_top1: float
+    max_kl: float
+    passed: bool
+    what: str
+
+
+@dataclass
 class Verification:
     top1_agreement: float
     mean_kl: float
@@ -55,89 +85,18 @@ class Verification:
     warnings: list[str] = field(default_factory=list)
     sample: VerificationSample | None = None
     label: str = ""
-    floor_kl: float | None = None  # mean KL of the base model in the same type (see export_verify.apply_floor)
+    floor_kl: float | None = None  # kept for the JSON shape; the Q8_0 judgment now uses ``parts``
+    parts: dict[str, Part] = field(default_factory=dict)  # Q8_0: file, reading, kernel (see judge_parts)
+    effect_kl: float | None = None  # KL(reference || base model): how much the fine-tune changed these prompts
+    method: str = "end-to-end"  # or "parts"
+    buffer_types: list[str] = field(default_factory=list)  # llama.cpp's weight buffers (CPU_Mapped, CPU_REPACK...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def require_llama_cpp() -> Any:
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise ExportError(f"llama-cpp-python is not installed; install it with: {VERIFY_INSTALL_HINT}") from exc
-    return llama_cpp
-
-
 def has_llama_cpp() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def quiet_stderr() -> Any:
-    """llama.cpp prints its load log on fd 2; keep the CLI and TUI clean."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "wb") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
-
-
-class LlamaCppRunner:
-    """One llama.cpp context over an exported file (optionally + LoRA adapter), all-position logits."""
-
-    def __init__(self, gguf_path: Path | str, *, lora_path: Path | str | None = None, n_ctx: int = 512,
-                 n_threads: int | None = None) -> None:
-        llama_cpp = require_llama_cpp()
-        kwargs: dict[str, Any] = dict(model_path=str(gguf_path), logits_all=True, n_ctx=n_ctx, n_batch=n_ctx,
-                                      verbose=False, n_gpu_layers=0, seed=0)
-        if lora_path is not None:
-            kwargs["lora_path"] = str(lora_path)
-        if n_threads:
-            kwargs["n_threads"] = n_threads
-        try:
-            with quiet_stderr():
-                self.llm = llama_cpp.Llama(**kwargs)
-        except (ValueError, RuntimeError) as exc:
-            raise ExportError(f"llama.cpp could not load {gguf_path}: {exc}") from exc
-        self.n_ctx = n_ctx
-
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        if len(ids) > self.n_ctx:
-            raise ExportError(f"sequence of {len(ids)} tokens is longer than the context {self.n_ctx}")
-        self.llm.reset()
-        self.llm.eval(list(ids))
-        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
-
-    def greedy(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
-        self.llm.reset()
-        self.llm.eval(list(prompt_ids))
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            if self.llm.n_tokens >= self.n_ctx:
-                break
-            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            if nxt in stop_ids:
-                break
-            out.append(nxt)
-            self.llm.eval([nxt])
-        return out
-
-    def close(self) -> None:
-        close = getattr(self.llm, "close", None)
-        if close is not None:
-            close()
+    return llama_runner.llama_cpp_installed()
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -200,14 +159,39 @@ def judge(cmp: LogitComparison, out_type: str, *, label: str = "") -> Verificati
                         label=label)
 
 
-def llama_cpp_logits(gguf_path: Path | str, sequences: Sequence[Sequence[int]], *,
-                     lora_path: Path | str | None = None) -> list[np.ndarray]:
-    n_ctx = max(64, max(len(s) for s in sequences) + 8)
-    runner = LlamaCppRunner(gguf_path, lora_path=lora_path, n_ctx=n_ctx)
-    try:
-        return [runner.logits(s) for s in sequences]
-    finally:
-        runner.close()
+def _part(cmp: LogitComparison, gate: tuple[float, float], what: str) -> Part:
+    min_top1, max_kl = gate
+    ok = cmp.top1_agreement >= min_top1 and cmp.mean_kl <= max_kl
+    return Part(cmp.top1_agreement, cmp.mean_kl, min_top1, max_kl, ok, what)
+
+
+def judge_parts(end_to_end: Verification, file: LogitComparison, reading: LogitComparison, kernel: LogitComparison,
+                effect_kl: float | None, out_type: str) -> Verification:
+    """Re-judge a Q8_0 result from its parts (module docstring): the file's weights, llama.cpp's reading of them,
+    and llama.cpp's own Q8_0 arithmetic. The end-to-end figures stay as they were measured, for the record."""
+    result = end_to_end
+    file_gate = FILE_GATE
+    if effect_kl is not None and effect_kl == effect_kl and effect_kl > 0:
+        file_gate = (FILE_GATE[0], min(FILE_GATE[1], MAX_EFFECT_SHARE * effect_kl))
+    result.parts = {
+        "file": _part(file, file_gate, f"PyTorch on the {out_type} file's own weights vs the merged model"),
+        "reading": _part(reading, GATES["float"], "llama.cpp F16 run of those weights vs PyTorch on them"),
+        "kernel": _part(kernel, KERNEL_GATE, f"llama.cpp {out_type} vs its own F16 run of identical weights"),
+    }
+    result.effect_kl = effect_kl
+    result.method = "parts"
+    result.passed = all(p.passed for p in result.parts.values())
+    result.warnings = [w for w in result.warnings if not w.startswith(out_type + ":")]
+    for name, part in result.parts.items():
+        if not part.passed:
+            result.warnings.append(f"{out_type} {name}: top-1 {part.top1_agreement:.1%} (gate {part.min_top1:.0%}), "
+                                   f"mean KL {part.mean_kl:.2e} (gate {part.max_kl:.1e}): {part.what}")
+    if result.passed and not end_to_end.mean_kl <= GATES[result.gate][1]:
+        result.warnings.append(
+            f"{out_type}: llama.cpp differs from the merged model by mean KL {result.mean_kl:.2e} (top-1 "
+            f"{result.top1_agreement:.1%}); the file's own weights account for {file.mean_kl:.2e} and llama.cpp's "
+            f"{out_type} arithmetic on this CPU for {kernel.mean_kl:.2e}, so the export is faithful")
+    return result
 
 
 def torch_logits(model: Any, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:

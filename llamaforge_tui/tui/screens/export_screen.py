@@ -120,6 +120,7 @@ class ExportScreen(Screen[None]):
             yield ProgressBar(total=100, show_eta=False, id="export-progress")
             yield Static("", id="export-status", markup=False)
             yield DataTable(id="export-verification", cursor_type="row")
+            yield Static("", id="export-parts", markup=False)
             yield Static("", id="export-sample", markup=False)
             yield Static("", id="export-registration", markup=False)
         yield Footer()
@@ -224,6 +225,17 @@ class ExportScreen(Screen[None]):
         verdict = "passed" if v.passed and not v.warnings else ("warning" if v.passed else "FAILED")
         table.add_row(Text(v.label or v.gate), f"{v.top1_agreement:.1%}", _fmt_kl(v.mean_kl), _fmt_kl(v.max_kl),
                       str(v.positions), Text(verdict))
+        for name, part in v.parts.items():  # a Q8_0 file is judged in parts; show each with its gate
+            table.add_row(Text(f"  {name}"), f"{part.top1_agreement:.1%}", _fmt_kl(part.mean_kl), "", "",
+                          Text("ok" if part.passed else "FAILED"))
+        if v.parts:
+            lines = [f"{name}: {part.what} (gate top-1 >= {part.min_top1:.0%}, mean KL <= {part.max_kl:.1e})"
+                     for name, part in v.parts.items()]
+            if v.effect_kl is not None:
+                lines.append(f"the fine-tune's own effect on these prompts: mean KL {_fmt_kl(v.effect_kl)}")
+            if v.buffer_types:
+                lines.append(f"llama.cpp weight buffers: {', '.join(v.buffer_types)}")
+            self.query_one("#export-parts", Static).update(Text("\n".join(lines)))
 
     def on_export_screen_finished(self, message: Finished) -> None:
         self._set_busy(False)

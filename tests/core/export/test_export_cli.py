@@ -19,7 +19,8 @@ from llamaforge_tui.core.export.exporter import ExportOptions, export_run, load_
 from llamaforge_tui.core.export.reference import build_reference
 from llamaforge_tui.core.gguf.file import GgufFile
 from llamaforge_tui.core.ollama.modelfile import parse_modelfile
-from llamaforge_tui.core.export.verify import compare_logits, llama_cpp_logits
+from llamaforge_tui.core.export.llama_runner import llama_logits as llama_cpp_logits
+from llamaforge_tui.core.export.verify import compare_logits
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +116,79 @@ def test_measure_choices_gives_one_row_per_option(llama_gguf_run: Path) -> None:
     assert by["f32"].passed and by["f32"].mean_kl < 1e-5 and by["adapter"].mean_kl < 1e-5
     assert by["q8_0"].mean_kl > by["f32"].mean_kl and all(r.positions >= 64 for r in rows)
     assert not list(llama_gguf_run.glob(".lf-compare-*"))  # scratch exports are cleaned up
+
+
+def _permute_rows(path: Path, suffix: str) -> None:
+    """Shuffle the rows of every tensor named ``*suffix`` in place: a wrong layout, same bytes otherwise."""
+    g = GgufFile(path)
+    infos = [t for t in g.tensors if t.name.endswith(suffix)]
+    rows = {t.name: g.tensor_bytes(t).tobytes() for t in infos}
+    g.close()
+    with open(path, "r+b") as fh:
+        for t in infos:
+            raw = rows[t.name]
+            n = t.ne[1]
+            arr = np.frombuffer(raw, np.uint8).reshape(n, len(raw) // n)
+            fh.seek(t.offset)
+            fh.write(arr[np.random.default_rng(0).permutation(n)].tobytes())
+
+
+def test_q8_0_verification_tells_a_faulty_file_from_noise(llama_gguf_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Judged in parts: a correct Q8_0 passes, permuted q rows and a dropped LoRA fail in the file part."""
+    import shutil
+
+    from llamaforge_tui.core.export.exporter import verify_merged
+    from llamaforge_tui.core.export.merge import plan_gguf_merge
+    from llamaforge_tui.core.gguf.writer import write_gguf
+
+    assert main(["export", str(llama_gguf_run), "--type", "q8_0", "--verify", "--json", "--out", str(tmp_path / "ok"),
+                 "--name", "good"]) == 0
+    v = json.loads(capsys.readouterr().out)["verification"]
+    assert v["passed"] and v["method"] == "parts" and set(v["parts"]) == {"file", "reading", "kernel"}
+    assert all(p["passed"] for p in v["parts"].values()) and v["effect_kl"] > 0
+    assert v["parts"]["reading"]["mean_kl"] < 1e-4 and v["buffer_types"] == ["CPU_Mapped"]
+    good = Path(tmp_path / "ok" / "good-q8_0.gguf")
+    run = load_run(llama_gguf_run)
+    ref = build_reference(run.source, run.config, run.adapter_dir, None)
+    permuted = tmp_path / "permuted.gguf"
+    shutil.copy(good, permuted)
+    _permute_rows(permuted, "attn_q.weight")
+    bad = verify_merged(run, ref, permuted, "q8_0", "q8_0", lambda p: None, sample=False)
+    assert not bad.passed and not bad.parts["file"].passed, bad.parts
+    assert any(w.startswith("q8_0 file:") for w in bad.warnings)
+    dropped = tmp_path / "no-lora.gguf"
+    with GgufFile(run.source["gguf_path"]) as src:
+        kvd, plans, _ = plan_gguf_merge(src, None, "q8_0")
+        write_gguf(dropped, kvd, plans)
+    lost = verify_merged(run, ref, dropped, "q8_0", "q8_0", lambda p: None, sample=False)
+    assert not lost.passed and not lost.parts["file"].passed
+    assert lost.parts["file"].mean_kl > 0.5 * ref.effect_kl  # the whole fine-tune is missing
+    assert not list(tmp_path.rglob(".lf-f16-copy-*"))  # the F16 copies are cleaned up
+
+
+def test_a_crash_in_verification_is_one_line_and_the_export_stays(llama_gguf_run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from llamaforge_tui.core.export.llama_child import CRASH_ENV
+
+    assert main(["export", str(llama_gguf_run), "--type", "q8_0", "--out", str(tmp_path / "plain"),
+                 "--name", "same"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv(CRASH_ENV, "logits")  # the child kills itself with SIGSEGV, as a crashing kernel would
+    assert main(["export", str(llama_gguf_run), "--type", "q8_0", "--verify", "--out", str(tmp_path / "crash"),
+                 "--name", "same"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    path = tmp_path / "crash" / "same-q8_0.gguf"
+    assert err.startswith("error: llama.cpp crashed with SIGSEGV during verification of same-q8_0.gguf")
+    assert f"The export {path} was written completely before verification and is untouched" in err
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir llama-cpp-python' in err
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (path, tmp_path / "plain" / "same-q8_0.gguf")]
+    assert digest[0] == digest[1] and (tmp_path / "crash" / "Modelfile").is_file()
+    monkeypatch.setenv(CRASH_ENV, "quantize")
+    assert main(["export", str(llama_gguf_run), "--type", "q4_k_m", "--out", str(tmp_path / "k")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "crashed with SIGSEGV during Q4_K_M quantization" in err and "Nothing was written" in err
+    assert not list((tmp_path / "k").glob("*.gguf")) and not list((tmp_path / "k").glob(".*partial"))

@@ -22,7 +22,9 @@ from llamaforge_tui.core.gguf.file import GgufFile
 from llamaforge_tui.core.gguf.writer import write_gguf
 from llamaforge_tui.core.ollama.modelfile import parse_modelfile
 from llamaforge_tui.core.settings import Settings
-from llamaforge_tui.core.export.verify import LlamaCppRunner, compare_logits, llama_cpp_logits
+from llamaforge_tui.core.export.llama_runner import LlamaSession
+from llamaforge_tui.core.export.llama_runner import llama_logits as llama_cpp_logits
+from llamaforge_tui.core.export.verify import compare_logits
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +109,7 @@ def test_trained_export_reproduces_the_answer(trained_run: Path, gemma: Path, ou
     # the base model, same prompt, does not know the answer
     tok = loading.load_tokenizer(str(gemma)).tokenizer
     ids = tok(v.sample.prompt, add_special_tokens=False)["input_ids"]
-    base = LlamaCppRunner(gemma, n_ctx=len(ids) + 40)
+    base = LlamaSession(gemma, n_ctx=len(ids) + 40)
     try:
         said = tok.decode(base.greedy(ids, 24, {1, 106}), skip_special_tokens=True)
     finally:
@@ -136,7 +138,7 @@ def test_adapter_on_unchanged_source_matches_merged(trained_run: Path, tmp_path:
     on_source = compare_logits(merged_logits, llama_cpp_logits(run.source["gguf_path"], ref.sequences,
                                                                lora_path=adapter.adapter_path))
     assert on_source.top1_agreement >= 0.95 and on_source.mean_kl < 0.05, on_source  # the 4-bit warning level
-    runner = LlamaCppRunner(run.source["gguf_path"], lora_path=adapter.adapter_path, n_ctx=128)
+    runner = LlamaSession(run.source["gguf_path"], lora_path=adapter.adapter_path, n_ctx=128)
     try:
         said = ref.tokenizer.decode(runner.greedy(ref.sample_prompt_ids, 24, ref.stop_ids), skip_special_tokens=True)
     finally:
