@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,8 +64,11 @@ def default_roots(settings: Settings | None = None) -> list[Path]:
         candidates = []
         if env := os.environ.get("OLLAMA_MODELS"):
             candidates.append(Path(env).expanduser())
+        # Ollama's own default on every platform: ~/.ollama/models on Linux and macOS, and
+        # %USERPROFILE%\.ollama\models on Windows (Path.home() reads USERPROFILE there).
         candidates.append(Path.home() / ".ollama" / "models")
-        candidates.append(Path("/usr/share/ollama/.ollama/models"))
+        if sys.platform.startswith("linux"):  # the Linux install script runs the server as user 'ollama'
+            candidates.append(Path("/usr/share/ollama/.ollama/models"))
     seen: set[str] = set()
     roots = []
     for path in candidates:

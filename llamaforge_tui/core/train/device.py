@@ -233,6 +233,29 @@ def _mps_precision(dtype: str, acc: Accelerators) -> tuple[Precision, str]:
     return _mixed(best), f"auto: {'bf16' if best == 'bfloat16' else 'fp16 with loss scaling'} on MPS"
 
 
+# -- for the plan and the form -------------------------------------------------------------------------------------
+def plan_device(device: str = "auto", dtype: str = "auto", *, world_size: int = 1,
+                acc: Accelerators | None = None) -> dict[str, str]:
+    """What a run with these settings would use, as JSON-able text: ``device``, ``backend``, ``device_reason``,
+    ``precision``, ``precision_reason`` (the keys ``RunStarted`` has), or ``{"error": why}`` when it cannot run.
+    Imports torch: call it from a worker thread in the UI."""
+    try:
+        acc = acc or probe()
+        chosen, device_reason = choose_device(device, world_size=world_size, acc=acc)
+        precision, precision_reason = choose_precision(dtype, chosen, acc)
+    except ConfigError as exc:
+        return {"error": str(exc)}
+    return {"device": str(chosen), "backend": backend_of(chosen, acc), "device_reason": device_reason,
+            "precision": precision.describe(), "precision_reason": precision_reason}
+
+
+def describe_plan(plan: dict[str, str]) -> str:
+    """One line for people: "-> mps (auto: ...); bfloat16 autocast, ... (auto: ...)"."""
+    if "error" in plan:
+        return f"cannot run: {plan['error']}"
+    return f"-> {plan['device']} ({plan['device_reason']}); {plan['precision']} ({plan['precision_reason']})"
+
+
 # -- MPS ops that run on the CPU ----------------------------------------------------------------------------------
 _FALLBACK_RE = re.compile(r"operator '([^']+)' is not currently (?:supported|implemented) on the MPS backend")
 

@@ -15,15 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import events
+from textual import events, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static
+from textual.worker import get_current_worker
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.train.config import SCHEDULERS, WEIGHT_TRADEOFFS, WEIGHTS, TrainConfig
+from llamaforge_tui.core.train.config import (
+    DTYPES,
+    SCHEDULERS,
+    WEIGHT_TRADEOFFS,
+    WEIGHTS,
+    TrainConfig,
+)
+from llamaforge_tui.core.train.device import describe_plan, plan_device
 
 # (field name, label, help shown as the placeholder). Order is the form's order.
 FIELDS: tuple[tuple[str, str, str], ...] = (
@@ -44,9 +52,11 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("eval_split", "Eval split", "fraction held out, e.g. 0.05"),
     ("save_every", "Save every", "steps between checkpoints"),
     ("seed", "Seed", ""),
+    ("device", "Device", "auto, cpu, cuda, cuda:N or mps"),
+    ("dtype", "Precision", ""),
 )
 LABELS = {name: label for name, label, _ in FIELDS}
-CHOICES: dict[str, tuple[str, ...]] = {"weights": WEIGHTS, "scheduler": SCHEDULERS}
+CHOICES: dict[str, tuple[str, ...]] = {"weights": WEIGHTS, "scheduler": SCHEDULERS, "dtype": DTYPES}
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -115,6 +125,13 @@ class RunForm(VerticalScroll):
     class Changed(Message):
         """Some field changed (the pane re-plans: memory estimate, steps, ETA)."""
 
+    class DeviceChosen(Message):
+        """Which device and precision the device/dtype settings give here, and why (``device.plan_device``)."""
+
+        def __init__(self, plan: dict[str, str]) -> None:
+            super().__init__()
+            self.plan = plan
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.base = TrainConfig()
@@ -135,6 +152,8 @@ class RunForm(VerticalScroll):
                 if name == "weights":
                     yield Static(WEIGHT_TRADEOFFS[self.base.weights], classes="form-hint", id="hint-weights",
                                  markup=False)
+                if name == "dtype":
+                    yield Static("", classes="form-hint", id="hint-device", markup=False)
 
     # -- values ------------------------------------------------------------------------------------
     def raw_value(self, name: str) -> str:
@@ -222,6 +241,35 @@ class RunForm(VerticalScroll):
         if widget_id and widget_id.startswith("in-"):
             self.validate_field(widget_id[3:])
             self.post_message(self.Changed())
+            if widget_id in ("in-device", "in-dtype") and self.device_plan is not None:
+                self.choose_device()
+
+    # -- which device and precision, and why --------------------------------------------------------
+    device_plan: dict[str, str] | None = None
+
+    def on_show(self) -> None:
+        if self.device_plan is None:  # first shown: probe then (torch loads in the worker, not at app start)
+            self.choose_device()
+
+    def choose_device(self) -> None:
+        device, dtype = self.raw_value("device").strip(), self.raw_value("dtype")
+        if "device" in self.errors:
+            self.query_one("#hint-device", Static).update("")
+            return
+        self._probe_device(device or "auto", dtype)
+
+    @work(thread=True, group="device-probe", name="device-probe", exclusive=True, exit_on_error=False,
+          description="Which device and precision a run would use, and why")
+    def _probe_device(self, device: str, dtype: str) -> None:
+        plan = plan_device(device, dtype)
+        if not get_current_worker().is_cancelled:  # a newer choice replaced this one: its plan is stale
+            self.post_message(self.DeviceChosen(plan))
+
+    def on_run_form_device_chosen(self, message: DeviceChosen) -> None:
+        self.device_plan = message.plan
+        hint = self.query_one("#hint-device", Static)
+        hint.update(Text(describe_plan(message.plan)))
+        hint.set_class("error" in message.plan, "-invalid")
 
 
 class ConfigFileBar(Horizontal):

@@ -181,3 +181,14 @@ def test_missing_mps_op_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "is not set" in dev.mps_fallback_state()
     monkeypatch.setenv(dev.MPS_FALLBACK_ENV, "1")
     assert "run on the CPU" in dev.mps_fallback_state()
+
+
+def test_plan_device_for_the_plan_and_the_form() -> None:
+    plan = dev.plan_device("auto", "auto", acc=MAC_M3)
+    assert plan == {"device": "mps", "backend": "mps", "device_reason": choose_device("auto", acc=MAC_M3)[1],
+                    "precision": "bfloat16 autocast, fp32 LoRA/optimizer/loss", "precision_reason": "auto: bf16 on MPS"}
+    assert dev.describe_plan(plan).startswith("-> mps (auto: no CUDA or ROCm GPU; the Apple GPU (Apple M3 Max)")
+    assert dev.plan_device("auto", "auto", acc=ROCM)["backend"] == "rocm"
+    bad = dev.plan_device("mps", "auto", acc=CPU)
+    assert set(bad) == {"error"} and dev.describe_plan(bad).startswith("cannot run: device mps requested")
+    assert set(dev.plan_device()) == {"device", "backend", "device_reason", "precision", "precision_reason"}
