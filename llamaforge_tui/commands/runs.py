@@ -17,7 +17,7 @@ from llamaforge_tui.core.fsutil import human_bytes
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.core.train import runs
 from llamaforge_tui.core.train.run_cleanup import delete_run, plan_prune, plan_run_delete, prune_checkpoints
-from llamaforge_tui.core.train.run_details import RunDetails, compare_runs, duration_text, run_details
+from llamaforge_tui.core.train.run_details import compare_runs, detail_lines, run_details
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,47 +70,6 @@ def _ask(question: str) -> bool:
 
 def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def detail_lines(d: RunDetails) -> list[tuple[str, str]]:
-    """(label, text) rows shared by ``runs show`` and the TUI's run details screen."""
-    s = d.summary
-    rows = [("Run", s.run_id), ("Folder", str(s.path)), ("Status", s.status + (f": {s.reason}" if s.reason else "")),
-            ("Step", f"{s.step}/{s.total_steps}"), ("Source", s.source or "-")]
-    if d.source.get("weights") or d.config.get("weights"):
-        rows.append(("Weights", str(d.source.get("weights") or d.config.get("weights"))))
-    rows += [("Train loss", _loss(s.final_loss)), ("Eval loss", _loss(d.eval_loss)),
-             ("Tokens/s", "-" if d.tokens_per_second is None else f"{d.tokens_per_second:,.0f}"),
-             ("Duration", duration_text(d.duration_seconds)), ("Size", human_bytes(d.size_bytes))]
-    rows.append(("Checkpoints", ", ".join(f"step {c['step']} ({human_bytes(c['size_bytes'])})"
-                                          for c in d.checkpoints) or "none"))
-    rows.append(("Adapter", f"{d.adapter['path']} ({human_bytes(d.adapter['size_bytes'])})" if d.adapter else "none yet"))
-    if not d.exports:
-        rows.append(("Exports", "none"))
-    for e in d.exports:
-        path = e.get("gguf_path") or e.get("adapter_path") or "?"
-        bits = [f"{e.get('type') or '?'}", human_bytes(e.get("size_bytes"))]
-        v = e.get("verification")
-        if isinstance(v, dict):
-            bits.append(f"verified {'passed' if v.get('passed') else 'FAILED'} (top-1 {v.get('top1_agreement', 0):.1%}, "
-                        f"KL {v.get('mean_kl', 0):.2e})")
-        else:
-            bits.append("not verified")
-        bits.append(f"registered as {e['registered_as']}" if e.get("registered_as") else "not registered")
-        if not e.get("exists", True):
-            bits.append("file gone")
-        rows.append(("Export", f"{path}: " + ", ".join(bits)))
-    ev = d.eval
-    if ev:
-        base, tuned = ev.get("base") or {}, ev.get("tuned") or {}
-        rows.append(("Eval", f"{ev.get('examples', '?')} examples ({ev.get('split', '?')}): loss "
-                             f"{_loss(base.get('loss'))} -> {_loss(tuned.get('loss'))}"))
-    else:
-        rows.append(("Eval", "not run (llamaforge eval RUN)"))
-    keys = ("learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "max_seq_len", "max_steps", "epochs",
-            "seed", "data")
-    rows.append(("Config", ", ".join(f"{k}={d.config[k]}" for k in keys if d.config.get(k) is not None) or "-"))
-    return rows
 
 
 def run_show(args: argparse.Namespace) -> int:

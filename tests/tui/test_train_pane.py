@@ -362,7 +362,12 @@ async def test_runs_list_attaches_the_chosen_run(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: table.row_count == 1, what="the run listed")
         table.focus()
         await wait_for(pilot, lambda: table.has_focus, what="the runs table focused")
-        await pilot.press("enter")
+        await pilot.press("enter")  # the run's details; `a` there attaches the monitor
+        from llamaforge_tui.tui.screens.run_details_screen import RunDetailsScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, RunDetailsScreen), what="the run's details")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: not isinstance(app.screen, RunDetailsScreen), what="the details closed")
         pane = app.query_one(TrainPane)
         await wait_for(pilot, lambda: pane.state.status == "stopped", what="the run attached")
         assert pane.attached_dir == run_dir and [p[0] for p in pane.state.train_points] == [1, 2, 3]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llamaforge_tui.core.errors import ConfigError
+from llamaforge_tui.core.fsutil import human_bytes
 from llamaforge_tui.core.train import runs
 from llamaforge_tui.core.train.checkpoint import complete_checkpoints
 from llamaforge_tui.core.train.events import EvalLogged, EventReader, RunFinished, StepLogged
@@ -190,3 +191,49 @@ def duration_text(seconds: float | None) -> str:
         return "-"
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 3600 else \
         f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+# -- text rows (the CLI prints them; the TUI shows them as plain Text) -------------------------------------------------
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def detail_lines(d: RunDetails) -> list[tuple[str, str]]:
+    """(label, text) rows, plain strings, shared by ``runs show`` and the TUI's run details screen."""
+    s = d.summary
+    rows = [("Run", s.run_id), ("Folder", str(s.path)), ("Status", s.status + (f": {s.reason}" if s.reason else "")),
+            ("Step", f"{s.step}/{s.total_steps}"), ("Source", s.source or "-")]
+    if d.source.get("weights") or d.config.get("weights"):
+        rows.append(("Weights", str(d.source.get("weights") or d.config.get("weights"))))
+    rows += [("Train loss", _loss(s.final_loss)), ("Eval loss", _loss(d.eval_loss)),
+             ("Tokens/s", "-" if d.tokens_per_second is None else f"{d.tokens_per_second:,.0f}"),
+             ("Duration", duration_text(d.duration_seconds)), ("Size", human_bytes(d.size_bytes))]
+    rows.append(("Checkpoints", ", ".join(f"step {c['step']} ({human_bytes(c['size_bytes'])})"
+                                          for c in d.checkpoints) or "none"))
+    rows.append(("Adapter", f"{d.adapter['path']} ({human_bytes(d.adapter['size_bytes'])})" if d.adapter else "none yet"))
+    if not d.exports:
+        rows.append(("Exports", "none"))
+    for e in d.exports:
+        path = e.get("gguf_path") or e.get("adapter_path") or "?"
+        bits = [f"{e.get('type') or '?'}", human_bytes(e.get("size_bytes"))]
+        v = e.get("verification")
+        if isinstance(v, dict):
+            bits.append(f"verified {'passed' if v.get('passed') else 'FAILED'} (top-1 {v.get('top1_agreement', 0):.1%}, "
+                        f"KL {v.get('mean_kl', 0):.2e})")
+        else:
+            bits.append("not verified")
+        bits.append(f"registered as {e['registered_as']}" if e.get("registered_as") else "not registered")
+        if not e.get("exists", True):
+            bits.append("file gone")
+        rows.append(("Export", f"{path}: " + ", ".join(bits)))
+    ev = d.eval
+    if ev:
+        base, tuned = ev.get("base") or {}, ev.get("tuned") or {}
+        rows.append(("Eval", f"{ev.get('examples', '?')} examples ({ev.get('split', '?')}): loss "
+                             f"{_loss(base.get('loss'))} -> {_loss(tuned.get('loss'))}"))
+    else:
+        rows.append(("Eval", "not run (llamaforge eval RUN)"))
+    keys = ("learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "max_seq_len", "max_steps", "epochs",
+            "seed", "data")
+    rows.append(("Config", ", ".join(f"{k}={d.config[k]}" for k in keys if d.config.get(k) is not None) or "-"))
+    return rows

@@ -1,4 +1,4 @@
-"""The Runs list: run folders under the runs dir, newest first; Enter attaches the monitor to one."""
+"""The Runs list: run folders under the runs dir, newest first; Enter shows a run's details, a attaches the monitor."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ from textual.widgets import DataTable
 
 from llamaforge_tui.core.train.runs import RunSummary, list_runs
 from llamaforge_tui.core.settings import Settings
+from llamaforge_tui.tui.widgets.runs_actions import RUNS_BINDINGS, RunsActions
 
 
-class RunsList(DataTable):
+class RunsList(RunsActions, DataTable):
+    """Enter: details; a: attach; space/v: mark and compare; x: delete; p: prune (see ``runs_actions``)."""
+
+    BINDINGS = RUNS_BINDINGS
+
     class RunChosen(Message):
         def __init__(self, path: Path) -> None:
             super().__init__()
@@ -29,6 +34,7 @@ class RunsList(DataTable):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.settings = settings
         self.runs: list[RunSummary] = []
+        self.marked: list[Path] = []
 
     def on_mount(self) -> None:
         self.add_columns("run", "status", "step", "loss")
@@ -51,11 +57,12 @@ class RunsList(DataTable):
             loss = "-" if run.final_loss is None else f"{run.final_loss:.4f}"
             self.add_row(Text(run.run_id), Text(run.status), Text(f"{run.step}/{run.total_steps}"), Text(loss),
                          key=str(run.path))
+        self.apply_marks()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         if event.row_key.value:
-            self.post_message(self.RunChosen(Path(event.row_key.value)))
+            self.show_details(Path(event.row_key.value))
 
 
 def started_text(run: RunSummary) -> str:
