@@ -76,6 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: length-grouped batches)")
     parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches (the default)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    parser.add_argument("--plan", action="store_true", help="print the plan (steps, memory estimate, fit, ETA) "
+                        "without training")
     parser.add_argument("--eval-at-end", action=argparse.BooleanOptionalAction, default=None,
                         help="after the last step, base vs tuned loss and perplexity (default: on when the run "
                              "has an eval split; --eval-at-end without one measures the training data)")
@@ -216,6 +218,8 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = build_config(args)
         config.require_inputs()
+    if getattr(args, "plan", False):
+        return _print_plan(args, config, settings)
     worker = distributed.env_dist_info()
     if config.nproc > 1 and not worker.enabled:
         return _launch_workers(args, config, settings, resume_dir)
@@ -231,6 +235,18 @@ def run_train(args: argparse.Namespace) -> int:
         if worker.is_main:
             print(f"error: {result.reason}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _print_plan(args: argparse.Namespace, config: TrainConfig, settings: Any) -> int:
+    """``train --plan``: what the run would take, from the data's real token lengths; nothing is trained."""
+    from llamaforge_tui.core.train.plan import plan_run
+
+    plan = plan_run(config, settings)
+    if args.json:
+        print_json(plan.to_json())
+    else:
+        print("\n".join(plan.lines()))
     return 0
 
 

@@ -1,16 +1,23 @@
 """Estimate the memory a load or a training run needs, before doing it, and say what to change if it won't fit.
 
-Dying halfway through a load with an out-of-memory error (or getting the whole machine swapping) is the worst
-outcome for an interactive tool, so the numbers are computed from the GGUF header or the config alone:
+Dying halfway through a run with an out-of-memory error (or getting the whole machine swapping) is the worst
+outcome for an interactive tool, so the numbers are computed from the model's header and the data's token
+lengths alone. The figure is the peak of the training process: CPU RSS on the CPU, ``max_memory_allocated``
+on CUDA. Its parts, fitted to measured peaks (``benchmarks/bench_memory.py``):
 
 - weights: parameter count x dtype size (or the GGUF's own bytes when kept quantized);
 - LoRA: per adapted linear layer ``r x (in + out)`` parameters, trained in fp32;
 - optimizer: AdamW keeps two fp32 moments per trainable parameter, plus the fp32 gradient;
-- activations: per layer and token, a handful of hidden-size vectors saved for backward, the attention
-  scores (``heads x seq``) unless a fused kernel is used, and the logits (``vocab`` per token, fp32), which dominate
-  small models with large vocabularies. Gradient checkpointing keeps one hidden vector per layer instead.
-
-The activation model is deliberately conservative (a margin of 20 % on top); it is a guard, not a profiler.
+- activations: what the forward pass saves for backward, per layer and *real* token of the largest
+  micro-batch. Batches are grouped by length (or packed), so that is the data's longest batch, padded to its
+  own longest row, not ``batch_size x max_seq_len``. Norms compute in fp32 whatever the dtype; the rest is
+  saved in the compute dtype. Attention is a fused kernel: nothing quadratic in the length is kept;
+- head: the output layer runs only at labelled positions, a chunk of rows at a time (``core.train.loss``), so
+  its logits cost one chunk (and its softmax temporaries), not ``tokens x vocab``;
+- runtime: the interpreter, torch, transformers and the tokenizer (CPU RSS only: CUDA's context is outside
+  ``max_memory_allocated``, and is added for the fit check instead);
+- load: loading a GGUF dequantizes one tensor at a time in fp32; when that transient outgrows the training
+  step's own needs (small batches, big vocabularies), it sets the peak.
 """
 
 from __future__ import annotations
@@ -25,13 +32,36 @@ if TYPE_CHECKING:
     import torch
 
 GIB = 1024**3
+MIB = 1024**2
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-SAFETY_MARGIN = 1.2
-RUNTIME_OVERHEAD = 512 * 1024**2  # CUDA context / allocator slack / Python
+# Fitted to measured peaks (benchmarks/bench_memory.py); the margin keeps the estimate a guard, on the high side.
+SAFETY_MARGIN = 1.05
+CPU_RUNTIME = 450 * MIB  # python + torch + transformers + peft, resident after the imports and the first step
+TOKENIZER_BYTES_PER_TOKEN = 800  # a fast tokenizer's vocab and merges, resident
+CUDA_CONTEXT = 600 * MIB  # the CUDA context and cuBLAS workspaces: outside max_memory_allocated, but in the VRAM
+# Floats the forward pass keeps per token and layer: fp32 (norms) and compute-dtype parts, in units of the
+# hidden size h, the MLP width ff, and the query and key/value widths. Fitted to Gemma 3 and Llama shapes.
+FP32_SAVED_PER_H = 8.0
+SAVED_PER_H, SAVED_PER_FF, SAVED_PER_Q, SAVED_PER_KV = 4.0, 5.5, 5.0, 4.0
+HEAD_TEMPORARIES = 3  # one chunk of logits: the matmul's output, its fp32 softmax, the gradient
 
 
 class OutOfMemoryRisk(LlamaForgeError):
     """The estimate says it will not fit; the message has the numbers and what to change."""
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """The largest micro-batch a run will see: ``rows`` sequences padded to ``width`` tokens, of which
+    ``label_rows`` carry a label (the output head runs only there)."""
+
+    rows: int
+    width: int
+    label_rows: int
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.width
 
 
 @dataclass(frozen=True)
@@ -45,27 +75,62 @@ class MemoryEstimate:
     device: str
     fits: bool | None  # None when free memory is unknown
     advice: list[str] = field(default_factory=list)
+    head: int = 0
+    runtime: int = 0
+    load: int = 0  # the GGUF load's transient, when it sets the peak (else 0)
+    pool: str = "RAM"  # what ``free`` measures: "RAM", "VRAM", ...
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def breakdown(self) -> dict[str, int]:
+        return {"weights": self.weights, "lora": self.lora, "optimizer": self.optimizer,
+                "activations": self.activations, "head": self.head, "runtime": self.runtime, "load": self.load}
+
     def summary(self) -> str:
         parts = [f"weights {fmt_bytes(self.weights)}", f"LoRA {fmt_bytes(self.lora)}",
                  f"optimizer {fmt_bytes(self.optimizer)}", f"activations {fmt_bytes(self.activations)}"]
+        if self.head:
+            parts.append(f"head {fmt_bytes(self.head)}")
+        if self.runtime:
+            parts.append(f"runtime {fmt_bytes(self.runtime)}")
+        if self.load:
+            parts.append(f"GGUF load {fmt_bytes(self.load)}")
         free = "unknown" if self.free is None else fmt_bytes(self.free)
-        return f"needs ~{fmt_bytes(self.total)} on {self.device} ({', '.join(parts)}); free: {free}"
+        return f"needs ~{fmt_bytes(self.total)} on {self.device} ({', '.join(parts)}); free: {free} ({self.pool})"
 
 
 def fmt_bytes(n: int | float | None) -> str:
     return human_bytes(n, binary=True, unknown="?")
 
 
-def free_memory(device: str | torch.device = "cpu") -> int | None:
-    """Free bytes of the pool ``device`` allocates from: VRAM on CUDA/ROCm, unified memory on MPS, else RAM
-    (``core.system.memory_pool`` decides, so the plan and the gauges agree)."""
-    from llamaforge_tui.core.system import memory_pool
+def memory_pool(device: str | torch.device = "cpu") -> tuple[str, int | None]:
+    """(name, free bytes) of the memory a run on ``device`` draws from: one place to say which pool that is.
 
-    return memory_pool(device)[0]
+    CUDA: the GPU's free VRAM from the driver; anything else: the host's available RAM."""
+    kind = (device if isinstance(device, str) else device.type).split(":")[0]
+    if kind == "cuda":
+        try:
+            import torch
+
+            index = None if isinstance(device, str) and ":" not in device else getattr(device, "index", None)
+            if isinstance(device, str) and ":" in device:
+                index = int(device.split(":", 1)[1])
+            free, _ = torch.cuda.mem_get_info(index)
+            return "VRAM", int(free)
+        except (RuntimeError, AssertionError, ValueError):
+            return "VRAM", None
+    try:
+        import psutil
+
+        return "RAM", int(psutil.virtual_memory().available)
+    except (ImportError, OSError):
+        return "RAM", None
+
+
+def free_memory(device: str | torch.device = "cpu") -> int | None:
+    """Free bytes in ``device``'s pool (``memory_pool``)."""
+    return memory_pool(device)[1]
 
 
 def dtype_bytes(dtype: Any) -> int:
@@ -99,64 +164,98 @@ def lora_parameters(config: Any, rank: int, targets: tuple[str, ...] = DEFAULT_L
 
 def activation_bytes(config: Any, batch_size: int, seq_len: int, dtype_size: int, *,
                      gradient_checkpointing: bool = False) -> int:
+    """Bytes the forward pass saves for backward over ``batch_size x seq_len`` tokens (padding included)."""
     h = int(_cfg(config, "hidden_size"))
     ff = int(_cfg(config, "intermediate_size"))
     heads = int(_cfg(config, "num_attention_heads"))
+    kv = int(_cfg(config, "num_key_value_heads", heads))
+    hd = int(_cfg(config, "head_dim", 0) or h // heads)
     layers = int(_cfg(config, "num_hidden_layers"))
-    vocab = int(_cfg(config, "vocab_size"))
     tokens = batch_size * seq_len
-    if gradient_checkpointing:
-        per_layer = h * dtype_size * tokens
-        recompute = (10 * h + 3 * ff) * dtype_size * tokens + heads * seq_len * tokens * dtype_size
-        body = layers * per_layer + recompute
-    else:
-        per_token_layer = (10 * h + 3 * ff) * dtype_size
-        scores = heads * seq_len * dtype_size  # eager attention keeps the probabilities
-        body = layers * tokens * (per_token_layer + scores)
-    logits = tokens * vocab * 4 * 2  # fp32 logits and their gradient
-    return int(body + logits)
+    per_token_layer = (FP32_SAVED_PER_H * h * 4
+                       + (SAVED_PER_H * h + SAVED_PER_FF * ff + SAVED_PER_Q * heads * hd + SAVED_PER_KV * kv * hd)
+                       * dtype_size)
+    if gradient_checkpointing:  # each layer keeps its input; one layer at a time is recomputed in full
+        return int(tokens * (layers * h * dtype_size + per_token_layer))
+    return int(tokens * layers * per_token_layer)
+
+
+def head_bytes(config: Any, label_rows: int, dtype_size: int, *, chunk_rows: int | None = None,
+               device: str = "cpu") -> int:
+    """The loss head's peak: one chunk of logits and its fp32 temporaries, plus the gathered rows and their
+    gradient. ``chunk_rows``: rows per chunk (``core.train.loss`` decides; the default mirrors it)."""
+    h = int(_cfg(config, "hidden_size"))
+    vocab = int(_cfg(config, "vocab_size"))
+    if chunk_rows is None:
+        budget = (256 if device.startswith("cpu") else 512) * MIB
+        chunk_rows = max(16, budget // (4 * max(vocab, 1)))
+    rows = min(max(label_rows, 0), chunk_rows)
+    return int(rows * vocab * (dtype_size + 4 * (HEAD_TEMPORARIES - 1)) + 2 * label_rows * h * 4)
+
+
+def runtime_bytes(config: Any, device: str) -> int:
+    """What the process holds besides the model: CPU RSS counts the libraries and the tokenizer."""
+    if not device.startswith("cpu"):
+        return 0
+    return CPU_RUNTIME + int(_cfg(config, "vocab_size", 0)) * TOKENIZER_BYTES_PER_TOKEN
 
 
 def estimate_memory(config: Any, *, dtype: Any = "bfloat16", device: str | torch.device = "cpu",
                     batch_size: int = 1, seq_len: int = 512, lora_rank: int | None = 8,
                     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS, weights_bytes: int | None = None,
                     gradient_checkpointing: bool = False, free: int | None = None,
-                    training: bool = True) -> MemoryEstimate:
-    """Estimate (weights, LoRA, optimizer, activations) for ``batch_size`` x ``seq_len`` and compare with free memory.
+                    training: bool = True, batch: BatchShape | None = None, head_chunk_rows: int | None = None,
+                    load_transient: int = 0, pool: str | None = None) -> MemoryEstimate:
+    """Estimate the peak memory of training (or, ``training=False``, loading) and compare it with free memory.
 
-    ``weights_bytes`` overrides the weights figure (e.g. a GGUF kept quantized); ``free`` overrides the measurement.
+    ``batch``: the largest micro-batch of the run's data (``core.train.plan``); without it the worst case
+    ``batch_size x seq_len``, every position labelled. ``weights_bytes`` overrides the weights figure (a GGUF
+    kept quantized); ``load_transient``: the GGUF load's peak on top of the weights; ``free`` overrides the
+    measurement (``pool`` then names it).
     """
     from llamaforge_tui.core.gguf.arch import expected_parameter_count
 
+    dev = device if isinstance(device, str) else str(device)
     size = dtype_bytes(dtype)
     weights = int(weights_bytes) if weights_bytes is not None else expected_parameter_count(config) * size
-    lora = optimizer = activations = 0
+    shape = batch or BatchShape(batch_size, seq_len, batch_size * seq_len)
+    lora = optimizer = activations = head = 0
     if training:
         n_lora = lora_parameters(config, lora_rank, lora_targets) if lora_rank else 0
         lora = n_lora * 4
         optimizer = n_lora * 4 * 3  # AdamW moments + gradient, fp32
-        activations = activation_bytes(config, batch_size, seq_len, size,
+        activations = activation_bytes(config, shape.rows, shape.width, size,
                                        gradient_checkpointing=gradient_checkpointing)
-    total = int((weights + lora + optimizer + activations) * SAFETY_MARGIN) + RUNTIME_OVERHEAD
-    dev = device if isinstance(device, str) else str(device)
-    free = free_memory(device) if free is None else free
-    fits = None if free is None else total <= free
+        head = head_bytes(config, shape.label_rows, size, chunk_rows=head_chunk_rows, device=dev)
+    runtime = runtime_bytes(config, dev)
+    step = lora + optimizer + activations + head
+    load = load_transient if load_transient > step else 0
+    total = int((runtime + weights + max(step, load_transient)) * SAFETY_MARGIN)
+    measured_pool, measured_free = memory_pool(device) if free is None else (pool or _pool_name(dev), free)
+    context = CUDA_CONTEXT if dev.startswith("cuda") else 0
+    fits = None if measured_free is None else total + context <= measured_free
     advice: list[str] = []
     if fits is False:
-        advice = _advice(config, weights, activations, total, free or 0, batch_size, seq_len, size,
+        advice = _advice(config, weights, activations, total + context, measured_free or 0, shape, size,
                          gradient_checkpointing, training)
-    return MemoryEstimate(weights, lora, optimizer, activations, total, free, dev, fits, advice)
+    return MemoryEstimate(weights, lora, optimizer, activations, total, measured_free, dev, fits, advice,
+                          head=head, runtime=runtime, load=load, pool=pool or measured_pool)
 
 
-def _advice(config: Any, weights: int, activations: int, total: int, free: int, batch: int, seq: int, size: int,
+def _pool_name(device: str) -> str:
+    return "VRAM" if device.startswith("cuda") else "RAM"
+
+
+def _advice(config: Any, weights: int, activations: int, total: int, free: int, shape: BatchShape, size: int,
             checkpointing: bool, training: bool) -> list[str]:
     tips: list[str] = []
     short = total - free
     if training and activations > short / 2:
-        if batch > 1:
-            tips.append(f"lower --batch-size (now {batch}) and raise --grad-accum to keep the effective batch")
-        if seq > 256:
-            tips.append(f"lower --max-seq-len (now {seq})")
+        if shape.rows > 1:
+            tips.append(f"lower --batch-size (largest batch: {shape.rows} x {shape.width} tokens) and raise "
+                        "--grad-accum to keep the effective batch")
+        if shape.width > 256:
+            tips.append(f"lower --max-seq-len (longest batch row: {shape.width} tokens)")
         if not checkpointing:
             tips.append("enable gradient checkpointing")
     if weights > free / 2:
@@ -174,7 +273,7 @@ def check_model_fits(weights_bytes: int, device: str | torch.device, *, free: in
     free = free_memory(device) if free is None else free
     if free is None:
         return
-    need = int(weights_bytes * 1.05) + RUNTIME_OVERHEAD // 2
+    need = int(weights_bytes * 1.05) + 256 * MIB  # the load's one-tensor transient and allocator slack
     if need > free:
         dev = device if isinstance(device, str) else str(device)
         raise OutOfMemoryRisk(

