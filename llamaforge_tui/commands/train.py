@@ -76,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: length-grouped batches)")
     parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches (the default)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), help="torch.compile the decoder layers "
+                        "(auto: on for CUDA, off for CPU, as measured; falls back to eager if compiling fails)")
+    parser.add_argument("--head-kernel", choices=("auto", "compiled", "eager"), help="the head loss's softmax "
+                        "kernel (auto: compiled on CPU, eager on GPU, as measured)")
     parser.add_argument("--plan", action="store_true", help="print the plan (steps, memory estimate, fit, ETA) "
                         "without training")
     parser.add_argument("--eval-at-end", action=argparse.BooleanOptionalAction, default=None,
@@ -103,6 +107,9 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
         changes["packing"] = False
     if getattr(args, "gradient_checkpointing", False):
         changes["gradient_checkpointing"] = True
+    for option in ("compile", "head_kernel"):
+        if getattr(args, option, None) is not None:
+            changes[option] = getattr(args, option)
     if getattr(args, "eval_at_end", None) is not None:
         changes["eval_at_end"] = args.eval_at_end
     return config.replace(**changes) if changes else config

@@ -60,11 +60,16 @@ class Batch:
     def width(self) -> int:
         return max(sum(len(s.input_ids) for s in row) for row in self.rows)
 
-    def tensors(self, device: Any, pad_id: int = 0) -> dict[str, torch.Tensor]:
-        """input_ids, position_ids and targets as (rows, width) long tensors on ``device``."""
+    def tensors(self, device: Any, pad_id: int = 0, multiple: int = 0) -> dict[str, torch.Tensor]:
+        """input_ids, position_ids and targets as (rows, width) long tensors on ``device``.
+
+        ``multiple`` > 1 rounds the width up to a multiple of it (a shape bucket for compiled layers); the
+        extra columns are padding like any other: their own sequence, with no targets."""
         import torch
 
         width = self.width
+        if multiple > 1:
+            width = -(-width // multiple) * multiple
         ids, pos, tgt = [], [], []
         for row in self.rows:
             r_ids: list[int] = []

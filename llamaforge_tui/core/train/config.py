@@ -35,6 +35,8 @@ WEIGHT_TRADEOFFS = {
                       "or merge and requantize (a second round of quantization noise).",
 }
 POLICIES = ("skip", "strict")
+COMPILE_MODES = ("auto", "on", "off")  # kept equal to core.train.compile.COMPILE_MODES (a test checks)
+HEAD_KERNELS = ("auto", "compiled", "eager")  # and to core.train.loss.HEAD_KERNELS
 # Modules LoRA must never wrap: the vocabulary-sized matrices would cost more than the whole adapter.
 FORBIDDEN_TARGETS = frozenset({"embed_tokens", "lm_head", "wte", "wpe", "embed_out", "output"})
 
@@ -73,6 +75,9 @@ class TrainConfig:
     # attention cheap); on: examples packed into max_seq_len rows (no padding at all, but long rows).
     packing: bool = False
     gradient_checkpointing: bool = False
+    # Speed levers (core/train/compile.py, loss.py); "auto" takes the default measured for the device.
+    compile: str = "auto"  # torch.compile the decoder layers, regionally: auto | on | off
+    head_kernel: str = "auto"  # the head loss's per-chunk softmax: auto | compiled | eager
     dtype: str = "auto"  # auto: bf16 autocast where the hardware is fast at it
     device: str = "auto"  # auto: a CUDA/ROCm GPU, else the Apple GPU (mps), else the CPU
     # Bookkeeping.
@@ -111,6 +116,8 @@ class TrainConfig:
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
             (self.max_seq_len >= 8, "max_seq_len must be >= 8"),
             (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
+            (self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}"),
+            (self.head_kernel in HEAD_KERNELS, f"head_kernel must be one of {', '.join(HEAD_KERNELS)}"),
             (self.weights in WEIGHTS, f"weights must be one of {', '.join(WEIGHTS)}"),
             (self.data_policy in POLICIES, f"data_policy must be one of {', '.join(POLICIES)}"),
             (self.log_every >= 1, "log_every must be >= 1"),

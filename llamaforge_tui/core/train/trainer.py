@@ -151,7 +151,12 @@ class TrainingRecipe:
         self.trainable_params, self.total_params = setup_mod.count_parameters(self.model)
         from llamaforge_tui.core.train.loss import loss_module
 
-        self.loss_fn = loss_module(self.model.get_base_model())
+        self.loss_fn = loss_module(self.model.get_base_model(), head_kernel=cfg.head_kernel)
+        from llamaforge_tui.core.train import compile as compile_mod
+
+        self.compiled_layers, note = compile_mod.compile_layers(self.model, cfg.compile, self.device.type)
+        self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
+        self.say(note)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -206,7 +211,7 @@ class TrainingRecipe:
         local_sum = 0.0
         for i, (position, batch) in enumerate(mine):
             torch.manual_seed(seed_for(cfg.seed, position))
-            tensors = batch.tensors(self.device, self.pad_id)
+            tensors = batch.tensors(self.device, self.pad_id, self.pad_multiple)
             sync = contextlib.nullcontext()
             if self.dist.enabled and i < len(mine) - 1:
                 sync = self.loss_fn.no_sync()
@@ -238,6 +243,23 @@ class TrainingRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, grad_norm, step_tokens, lr
 
+    def _train_step_guarded(self) -> tuple[float, float, int, float]:
+        """The first step of compiled layers compiles them: if that fails, go back to eager and say so."""
+        if not self.compiled_layers:
+            return self._train_step()
+        try:
+            return self._train_step()
+        except Exception as exc:
+            from llamaforge_tui.core.train import compile as compile_mod
+
+            if failures.is_oom(exc) or not compile_mod.is_compile_error(exc):
+                raise
+            compile_mod.uncompile_layers(self.model)
+            self.compiled_layers, self.pad_multiple = 0, 0
+            self.optimizer.zero_grad(set_to_none=True)
+            self.say(f"compile failed ({type(exc).__name__}); continuing with eager layers", "warning")
+            return self._train_step()
+
     def train(self) -> RunResult:
         cfg = self.config
         self.emit(RunStarted(run_id=self.run_dir.name, run_dir=str(self.run_dir), config=cfg.to_dict(),
@@ -256,7 +278,7 @@ class TrainingRecipe:
                 break
             try:
                 with device_mod.watch_mps_fallback(self.device if session_steps == 0 else "cpu", self.say):
-                    loss, grad_norm, tokens, lr = self._train_step()
+                    loss, grad_norm, tokens, lr = self._train_step_guarded()
             except Exception as exc:
                 if (missing := device_mod.mps_missing_op(exc)) is not None:
                     raise TrainingFailed("error", f"{missing}; {failures.checkpoint_hint(self.run_dir)}") from exc
