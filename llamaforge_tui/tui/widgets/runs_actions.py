@@ -68,7 +68,7 @@ class RunsActions:
         column = table.ordered_columns[0].key
         for run in getattr(self, "runs", []):
             mark = MARK if run.path in self.marked else ""
-            table.update_cell(str(run.path), column, Text(mark + run.run_id))
+            table.update_cell(str(run.path), column, Text(mark + run.run_id), update_width=bool(mark))
 
     def action_mark(self) -> None:
         path = self.current_run()
