@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.widgets import Checkbox, DataTable, Select, Static
 
 from tests.tui.train_helpers import wait_for
 
+from llamaforge_tui.core.gguf.file import GgufFile
 from llamaforge_tui.core.export.exporter import ExportOptions, ExportProgress, ExportResult
 from llamaforge_tui.core.ollama.register import NameClash
 from llamaforge_tui.core.settings import Settings
@@ -127,3 +129,39 @@ async def test_a_gguf_quantized_run_explains_adapter_versus_merge(tmp_path: Path
         await pilot.pause()
         assert not app.screen.query_one("#export-quantized-note", Static).display
         assert app.screen.query_one("#export-adapter", Checkbox).value is False
+
+
+@pytest.mark.slow
+async def test_a_llama_cpp_crash_during_verification_leaves_the_app_and_training_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real export of a tiny run, whose llama.cpp child dies with SIGSEGV: the app stays up, shows the one-line
+    message, the export on disk is complete, and a training worker in the app goes on."""
+    import threading
+
+    from fixtures.export_runs import make_run, write_chat_jsonl
+    from fixtures.tiny_models import session_factory
+
+    from llamaforge_tui.core.export.llama_child import CRASH_ENV
+
+    source = session_factory().get("llama").gguf("F32")
+    run_dir = make_run(tmp_path / "run", str(source), weights="gguf", data=write_chat_jsonl(tmp_path / "qa.jsonl"))
+    monkeypatch.setenv(CRASH_ENV, "logits")
+    app = make_app(Settings())
+    release = threading.Event()
+    async with app.run_test(size=(120, 40)) as pilot:
+        training = app.run_worker(lambda: release.wait(120), thread=True, group="training", name="stand-in run")
+        app.push_screen(ExportScreen(run_dir))
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#export-type", Select).value = "q8_0"
+        screen.query_one("#export-verify", Checkbox).value = True
+        await pilot.press("ctrl+e")
+        await _idle(pilot, app)
+        status = str(screen.query_one("#export-status", Static).render())
+        assert "llama.cpp crashed with SIGSEGV during verification" in status
+        assert "untouched" in status and "GGML_NATIVE=OFF" in status
+        assert app.is_running and app.screen is screen and screen.has_class("-failed")
+        assert training.is_running  # the stand-in training run did not notice
+        exported = list((run_dir / "export").glob("*-q8_0.gguf"))
+        assert len(exported) == 1 and GgufFile(exported[0]).get("general.file_type") == 7
+        release.set()
