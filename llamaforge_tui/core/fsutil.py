@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -129,38 +130,50 @@ class JsonLimitError(ValueError):
     """JSON that parses in principle but past a limit: nesting depth, or a number too long to convert."""
 
 
-def json_depth_ok(value: Any, max_depth: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``value`` nests at most ``max_depth`` containers deep (iterative: no recursion to overflow)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > max_depth:
-            return False
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return True
+_OUTSIDE_BRACKETS = re.compile(r'"[^"]*"|[^\[\]{}"]+')
+_OUTSIDE_BRACKETS_B = re.compile(rb'"[^"]*"|[^\[\]{}"]+')
+_PAIRS = re.compile(r"\[\]|\{\}")
+_PAIRS_B = re.compile(rb"\[\]|\{\}")
+
+
+def json_depth_ok(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON ``text`` nests at most ``max_depth`` containers deep, decided before parsing it.
+
+    Escapes, strings and everything but brackets are cut out, then innermost ``[]``/``{}`` pairs are
+    stripped level by level: text still shrinking after ``max_depth`` passes is deeper than that. Each step
+    is one C-speed string operation (about what ``json.loads`` itself costs). Malformed text that stops
+    shrinking early is left for the parser to report.
+    """
+    if isinstance(text, bytes):
+        empty, backslash, quote, outside, pairs = b"", b"\\", b'"', _OUTSIDE_BRACKETS_B, _PAIRS_B
+    else:
+        empty, backslash, quote, outside, pairs = "", "\\", '"', _OUTSIDE_BRACKETS, _PAIRS
+    unescaped = text.replace(backslash + backslash, empty).replace(backslash + quote, empty)
+    brackets = outside.sub(empty, unescaped)
+    for _ in range(max_depth):
+        if not brackets:
+            return True
+        stripped = pairs.sub(empty, brackets)
+        if len(stripped) == len(brackets):
+            return True
+        brackets = stripped
+    return pairs.search(brackets) is None
 
 
 def loads_json(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` with explicit limits. Raises ``json.JSONDecodeError`` for malformed JSON and
     ``JsonLimitError`` (both ``ValueError``) for nesting past ``max_depth`` or a number past Python's
     4,300-digit conversion limit, instead of ``RecursionError`` or a bare ``ValueError``."""
+    if not json_depth_ok(text, max_depth):
+        raise JsonLimitError(f"JSON nested deeper than {max_depth} levels")
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError:
         raise
-    except RecursionError:
+    except RecursionError:  # pragma: no cover - json_depth_ok() refuses such text first
         raise JsonLimitError(f"JSON nested deeper than {max_depth} levels") from None
     except ValueError as exc:  # int() past sys.get_int_max_str_digits()
         raise JsonLimitError(f"a number in the JSON is too long ({exc})") from None
-    if not json_depth_ok(value, max_depth):
-        raise JsonLimitError(f"JSON nested deeper than {max_depth} levels")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- safe text

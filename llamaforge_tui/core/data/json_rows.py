@@ -110,7 +110,7 @@ def _decode_at(decoder: json.JSONDecoder, text: str, pos: int, max_depth: int) -
         raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
     except ValueError as exc:
         raise ValueError(f"a number in the JSON is too long ({exc})") from None
-    if not json_depth_ok(value, max_depth):
+    if not json_depth_ok(text[pos:end], max_depth):
         exc = _TooDeep(f"JSON nested deeper than {max_depth} levels")
         exc.end = end  # type: ignore[attr-defined]
         raise exc
