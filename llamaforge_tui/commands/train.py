@@ -149,7 +149,9 @@ def format_event(event: Event) -> str | None:
     if isinstance(event, EvalLogged):
         return f"eval  step {event.step}  loss {event.eval_loss:.4f}"
     if isinstance(event, EvalSummary):
-        return eval_summary_line(event)
+        from llamaforge_tui.core.infer.eval_format import summary_line
+
+        return summary_line(event)
     if isinstance(event, CheckpointSaved):
         return f"checkpoint  {event.path}"
     if isinstance(event, LogLine):
@@ -161,17 +163,6 @@ def format_event(event: Event) -> str | None:
     if isinstance(event, RunFailed):
         return None  # printed as the command's error line
     return None
-
-
-def eval_summary_line(event: EvalSummary) -> str:
-    """``eval at end (eval split, 12 examples): loss 3.2101 -> 0.4512, perplexity 24.78 -> 1.57``"""
-    def pair(base: float | None, tuned: float | None, spec: str) -> str:
-        return f"{'n/a' if base is None else format(base, spec)} -> {'n/a' if tuned is None else format(tuned, spec)}"
-
-    what = "held-out eval split" if event.split == "eval" else "training data: memorization"
-    return (f"eval at end, base -> tuned ({what}, {event.examples} examples, {event.tokens} tokens): loss "
-            f"{pair(event.base_loss, event.tuned_loss, '.4f')}, perplexity "
-            f"{pair(event.base_perplexity, event.tuned_perplexity, '.2f')}")
 
 
 def _printer(as_json: bool) -> Any:

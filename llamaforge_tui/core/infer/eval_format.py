@@ -79,3 +79,15 @@ def headline(data: dict[str, Any] | None) -> str:
     if tuned.get("loss") is not None and base.get("loss") is not None:
         return f"{base['loss']:.2f}→{tuned['loss']:.2f}"
     return "-"
+
+
+def summary_line(event: Any) -> str:
+    """An ``EvalSummary`` as one log line:
+    ``eval at end, base -> tuned (held-out eval split, 12 examples, 340 tokens): loss 3.2101 -> 0.4512, ...``"""
+    def pair(base: float | None, tuned: float | None, kind: str) -> str:
+        return f"{format_number(base, kind)} -> {format_number(tuned, kind)}"
+
+    what = "held-out eval split" if event.split == "eval" else "training data: memorization"
+    return (f"eval at end, base -> tuned ({what}, {event.examples} examples, {event.tokens} tokens): loss "
+            f"{pair(event.base_loss, event.tuned_loss, 'loss')}, perplexity "
+            f"{pair(event.base_perplexity, event.tuned_perplexity, 'ppl')}")

@@ -14,7 +14,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from llamaforge_tui.core.train.events import Event, LogLine, RunFailed, RunFinished
+from llamaforge_tui.core.infer.eval_format import summary_line
+from llamaforge_tui.core.train.events import EvalSummary, Event, LogLine, RunFailed, RunFinished
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges
 from llamaforge_tui.tui.widgets.log_panel import LogPanel
 from llamaforge_tui.tui.widgets.loss_chart import LossChart
@@ -51,6 +52,8 @@ class RunMonitor(Vertical):
         panel = self.query_one(LogPanel)
         if isinstance(event, LogLine):
             panel.write_event(event)
+        elif isinstance(event, EvalSummary):  # the end-of-run base vs tuned (train --eval-at-end)
+            panel.write_line(summary_line(event))
         elif isinstance(event, RunFinished):
             line = (f"run {'stopped' if event.stopped else 'finished'} at step {event.step}"
                     + (f"; adapter: {event.adapter_path}" if event.adapter_path else ""))

@@ -33,6 +33,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.train.events import BatchingEmit, Event, EventReader
 from llamaforge_tui.core.train.config import TrainConfig
+from llamaforge_tui.tui.widgets.eval_table import EvalTable
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges
 from llamaforge_tui.tui.widgets.log_panel import LogPanel, PanelLogHandler
 from llamaforge_tui.tui.widgets.loss_chart import LossChart
@@ -57,6 +58,7 @@ class TrainPane(Vertical):
         Binding("e", "export", "Export", id="training.export"),
         Binding("z", "zoom", "Zoom chart", id="training.chart_zoom"),
         Binding("c", "edit_config", "Edit config", id="training.edit_config"),
+        Binding("b", "evaluate", "Evaluate", id="training.evaluate"),
         Binding("escape", "leave_form", "Leave the form", show=False, id="training.leave_form"),
     ]
 
@@ -100,6 +102,7 @@ class TrainPane(Vertical):
                         yield RunPlan(id="run-plan")
                     with TabPane("Runs", id="train-runs-tab"):
                         yield RunsList(self.app.settings, id="runs-list")
+                        yield EvalTable(id="eval-table")
                 with Horizontal(id="train-buttons"):
                     yield Button(Text("Train [t]"), id="train-start", variant="success")
                     yield Button(Text("Stop [s]"), id="train-stop", variant="error")
@@ -206,6 +209,10 @@ class TrainPane(Vertical):
         """Esc in a form field: back to the buttons, where t/s/r/e act again."""
         self.focus_target().focus()
 
+    def action_evaluate(self) -> None:
+        """Base vs tuned for the highlighted run (else the monitor's); b again cancels."""
+        self.query_one(EvalTable).toggle(None if self.run_active else self.current_run_dir)
+
     def action_zoom(self) -> None:
         self.query_one(LossChart).action_cycle_zoom()
 
@@ -239,6 +246,14 @@ class TrainPane(Vertical):
     @on(RunForm.Changed)
     def _form_changed(self) -> None:
         self.query_one(RunPlan).schedule(self.query_one(RunForm), self.query_one(GpuGauges))
+
+    @on(RunsList.RunHighlighted)
+    def _run_highlighted(self, message: RunsList.RunHighlighted) -> None:
+        self.query_one(EvalTable).show_run(message.path)
+
+    @on(EvalTable.Finished)
+    def _evaluated(self) -> None:
+        self.query_one(RunsList).reload()
 
     @on(RunsList.RunChosen)
     def _run_chosen(self, message: RunsList.RunChosen) -> None:
@@ -291,6 +306,7 @@ class TrainPane(Vertical):
         self._dirty = True
         self._refresh_monitor()
         self.query_one(RunsList).reload()
+        self.query_one(EvalTable).show_run(self.current_run_dir)  # its end-of-run evaluation
         if self.quit_after_stop:
             self.app.exit()
 
@@ -312,6 +328,7 @@ class TrainPane(Vertical):
             except LlamaForgeError as exc:
                 self.query_one(LogPanel).write_line(f"cannot read the run's config: {exc}")
         self.follow_worker = self._follow(self.attached_dir)
+        self.query_one(EvalTable).show_run(self.attached_dir)
 
     def _stop_following(self) -> None:
         if self.follow_worker is not None:
