@@ -18,7 +18,7 @@ from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
 
 from llamaforge_tui.core.settings import Settings
@@ -61,6 +61,7 @@ class LlamaForgeApp(App[int]):
         *(Binding(key, f"show_pane('{pane_id}')", title, id=f"app.pane.{pane_id}") for pane_id, title, key in PANES),
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True, id="app.quit_ctrl"),
+        Binding("escape", "leave_field", "Leave the field", show=False, id="app.leave_field"),
     ]
 
     # Shared selections: set from pane messages, watched by other panes.
@@ -127,6 +128,14 @@ class LlamaForgeApp(App[int]):
         then: TabbedContent activates whichever pane holds the focus, so a late focus for a pane the user
         has left would switch back to it (and, with a second pane doing the same, loop for ever)."""
         self.call_later(self._land_focus, pane_id)
+
+    def action_leave_field(self) -> None:
+        """Esc in a text field (one its pane gave no other meaning): the keyboard goes back to the pane's main
+        widget, so the number keys and the pane's keys act again instead of being typed."""
+        if isinstance(self.focused, (Input, TextArea)):
+            tabs = self._query_base("#panes", TabbedContent)
+            if tabs is not None and tabs.active:
+                self._land_focus(tabs.active)
 
     def _land_focus(self, pane_id: str) -> None:
         tabs = self._query_base("#panes", TabbedContent)
