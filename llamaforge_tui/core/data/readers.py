@@ -269,18 +269,27 @@ def iter_rows(path: Path, fmt: DatasetFormat, *, max_record_bytes: int = DEFAULT
     """Parsed rows of ``path`` (mappings, not yet validated) or RecordErrors, each with its line."""
     c = fmt.container
     if c == "jsonl":
-        return jsonl_rows(path, max_record_bytes, progress)
-    if c == "json":
-        return json_rows(path, max_record_bytes, progress)
-    if c in ("csv", "tsv"):
-        return _csv_rows(path, "\t" if c == "tsv" else ",", max_record_bytes, progress)
-    if c == "textdir":
-        return _document_rows(text_dir_files(path), max_record_bytes, progress)
-    if c == "text":
-        if fmt.shape == "document":
-            return _document_rows([path], max_record_bytes, progress)
-        return _paragraph_rows(path, max_record_bytes, progress)
-    raise DatasetError(f"unknown file format {c!r}; expected one of {', '.join(CONTAINERS)}")
+        rows = jsonl_rows(path, max_record_bytes, progress)
+    elif c == "json":
+        rows = json_rows(path, max_record_bytes, progress)
+    elif c in ("csv", "tsv"):
+        rows = _csv_rows(path, "\t" if c == "tsv" else ",", max_record_bytes, progress)
+    elif c == "textdir":
+        rows = _document_rows(text_dir_files(path), max_record_bytes, progress)
+    elif c == "text":
+        rows = (_document_rows([path], max_record_bytes, progress) if fmt.shape == "document"
+                else _paragraph_rows(path, max_record_bytes, progress))
+    else:
+        raise DatasetError(f"unknown file format {c!r}; expected one of {', '.join(CONTAINERS)}")
+    return _read_errors_as_dataset_errors(rows, path)
+
+
+def _read_errors_as_dataset_errors(rows: Iterator[Row], path: Path) -> Iterator[Row]:
+    """A file that cannot be read (permissions, a FIFO swapped in, an I/O error) is a DatasetError."""
+    try:
+        yield from rows
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def detect_format(path: str | Path, format: str | None = None,

@@ -187,3 +187,26 @@ def test_a_folder_of_documents_skips_what_it_cannot_read(tmp_path: Path) -> None
     os.symlink("/dev/zero", tmp_path / "z.txt")
     load = load_dataset(tmp_path)
     assert load.valid == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_file_is_a_dataset_error(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n", encoding="utf-8")
+    path.chmod(0)
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_dataset(path, format="jsonl:chat")
+
+
+def test_a_read_error_during_the_scan_is_a_dataset_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamaforge_tui.core.data import json_rows
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n", encoding="utf-8")
+
+    def failing(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(json_rows, "open_regular", failing)
+    with pytest.raises(DatasetError, match="Input/output error"):
+        load_dataset(path, format="jsonl:chat")
