@@ -215,8 +215,16 @@ def test_memory_pool_cuda_is_vram(monkeypatch: pytest.MonkeyPatch) -> None:
     assert memory_pool("cuda")[0] == 5 * 10**9 and asked[-1] is None
 
 
-def test_memory_pool_cuda_without_a_gpu_is_unknown_vram() -> None:
-    assert memory_pool("cuda") == (None, None, "VRAM")  # this CPU build of torch: unknown, not RAM
+def test_memory_pool_cuda_real() -> None:
+    """Without a GPU (this machine): unknown VRAM, never RAM passed off as VRAM. With one: the driver's figures."""
+    import torch
+
+    free, total, label = memory_pool("cuda")
+    assert label == "VRAM"
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines
+        assert total and 0 < free <= total and total == torch.cuda.get_device_properties(0).total_memory
+    else:
+        assert (free, total) == (None, None)
 
 
 def test_memory_pool_mps_is_unified_memory_capped_by_metal(monkeypatch: pytest.MonkeyPatch) -> None:

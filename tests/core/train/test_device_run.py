@@ -15,6 +15,7 @@ from llamaforge_tui.core.settings import Settings  # noqa: E402
 from llamaforge_tui.core.train import checkpoint as ckpt  # noqa: E402
 from llamaforge_tui.core.train import failures, trainer  # noqa: E402
 from llamaforge_tui.core.train.config import TrainConfig  # noqa: E402
+from llamaforge_tui.core.train.device import plan_device  # noqa: E402
 from llamaforge_tui.core.train.events import Event, LogLine, RunFailed, RunStarted, read_events  # noqa: E402
 from tests.fixtures.train_models import make_tiny_llama, one_thread, write_qa_jsonl  # noqa: E402, F401
 
@@ -44,6 +45,8 @@ def _run(tiny: tuple[Path, Path], out: Path, **kw: object) -> tuple[trainer.RunR
 
 
 def _raise_on_call(monkeypatch: pytest.MonkeyPatch, call: int, exc: BaseException) -> None:
+    """Raise ``exc`` from the first layer's forward on its ``call``-th run: in eager mode only, so the runs
+    that use it train on the CPU (CUDA compiles the layers, and dynamo traces a raising hook differently)."""
     real = trainer.TrainingRecipe._build_model
 
     def build(self, base_model):  # noqa: ANN001, ANN202
@@ -64,11 +67,13 @@ def test_cpu_run_records_device_precision_and_why(tiny, tmp_path: Path) -> None:
     result, events = _run(tiny, tmp_path / "run", dtype="auto")
     assert result.status == "finished"
     [started] = [e for e in events if isinstance(e, RunStarted)]
-    assert (started.device, started.backend) == ("cpu", "cpu")
-    assert started.device_reason.startswith("auto:") and "no CUDA or ROCm GPU" in started.device_reason
-    assert started.precision in ("float32", "bfloat16 autocast, fp32 LoRA/optimizer/loss")
-    assert started.precision_reason.startswith("auto:")
-    assert any(isinstance(e, LogLine) and e.message.startswith("device cpu (auto:") for e in events)
+    planned = plan_device("auto", "auto")  # what the plan and the form say: the run must do just that
+    assert {k: getattr(started, k) for k in planned} == planned
+    assert started.device_reason.startswith("auto:") and started.precision_reason.startswith("auto:")
+    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):  # this machine: the CPU
+        assert (started.device, started.backend) == ("cpu", "cpu") and "no CUDA or ROCm GPU" in started.device_reason
+    assert started.precision in ("float32", f"{planned['precision']}")
+    assert any(isinstance(e, LogLine) and e.message.startswith(f"device {started.device} (auto:") for e in events)
     # The same fields come back from events.jsonl (a monitor in another window reads them there).
     [again] = [e for e in read_events(tmp_path / "run") if isinstance(e, RunStarted)]
     assert again.device_reason == started.device_reason and again.precision == started.precision
@@ -85,7 +90,7 @@ def test_old_run_started_lines_still_load() -> None:
 
 def test_mps_out_of_memory_ends_in_an_oom_failure(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     _raise_on_call(monkeypatch, call=2, exc=RuntimeError(MPS_OOM))
-    result, events = _run(tiny, tmp_path / "run", dtype="float32")
+    result, events = _run(tiny, tmp_path / "run", dtype="float32", device="cpu")
     [failed] = [e for e in events if isinstance(e, RunFailed)]
     assert (result.kind, failed.kind, failed.step) == ("oom", "oom", 1)
     assert "batch_size" in failed.reason and "step-1" in failed.reason
@@ -97,7 +102,7 @@ def test_an_op_without_an_mps_kernel_fails_with_its_name(tiny, tmp_path: Path,  
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PYTORCH_ENABLE_MPS_FALLBACK", raising=False)
     _raise_on_call(monkeypatch, call=1, exc=NotImplementedError(MPS_MISSING))
-    result, events = _run(tiny, tmp_path / "run", dtype="float32")
+    result, events = _run(tiny, tmp_path / "run", dtype="float32", device="cpu")
     [failed] = [e for e in events if isinstance(e, RunFailed)]
     assert failed.kind == "error" and "internal error" not in failed.reason
     assert "aten::_fused_thing" in failed.reason and "PYTORCH_ENABLE_MPS_FALLBACK=1" in failed.reason
@@ -116,6 +121,7 @@ def test_checkpoint_rng_saves_and_restores_the_mps_generator(monkeypatch: pytest
     assert len(restored) == 1 and torch.equal(restored[0], state["mps"])
 
 
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="a Mac: its checkpoints hold the MPS state")
 def test_checkpoint_rng_without_mps_has_no_mps_state() -> None:
     _, tensors = ckpt.rng_state()
     assert "mps" not in tensors
