@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 import pytest
@@ -43,3 +44,24 @@ def _offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:9")  # discard port: nothing answers
     monkeypatch.delenv("OLLAMA_MODELS", raising=False)
     monkeypatch.setenv("HOME", str(home / "user"))
+
+
+# -- precision ------------------------------------------------------------------------------------------------------
+# The trainer picks fp32 or bf16 autocast on a CPU (core/train/setup.py: resolve_precision, bf16 where the CPU has
+# AVX512-BF16/AMX). Tests that depend on the arithmetic take the ``train_dtype`` fixture and run under each precision
+# chosen here: ``--precision all`` (the default), ``fp32`` or ``bf16``; or LLAMAFORGE_TEST_PRECISION.
+TEST_PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--precision", choices=("all", *TEST_PRECISIONS),
+                     default=os.environ.get("LLAMAFORGE_TEST_PRECISION", "all"),
+                     help="training precision(s) for the precision-sensitive tests (default: all; "
+                          "env LLAMAFORGE_TEST_PRECISION)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "train_dtype" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--precision")
+        names = list(TEST_PRECISIONS) if chosen == "all" else [chosen]
+        metafunc.parametrize("train_dtype", [TEST_PRECISIONS[n] for n in names], ids=names)
