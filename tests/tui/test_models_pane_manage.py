@@ -168,7 +168,7 @@ async def test_no_server_disables_the_server_actions_and_says_why(small_store: S
         assert keys["Show"] and keys["Rescan"]
         assert not any(keys[a] for a in ("Copy", "Rename", "Delete", "Pull", "Loaded"))
         status = str(app.query_one("#models-status", Static).render())
-        assert "copy, rename, delete, pull and loaded models need the server: start it with `ollama serve`" in status
+        assert "copy, rename, delete, pull, loaded: off until the server runs (`ollama serve`, then r)" in status
         for key in ("c", "m", "x", "p", "l"):
             await pilot.press(key)
         await pilot.pause()

@@ -36,6 +36,9 @@ class ConfirmAction(ModalScreen[bool]):
         height: auto;
         max-height: 14;
     }
+    ConfirmAction #confirm-action-lines Label {
+        width: 100%;
+    }
     ConfirmAction .-flagged {
         color: $warning;
         text-style: bold;

@@ -24,9 +24,11 @@ from llamaforge_tui.core.ollama.pull_progress import LayerProgress, PullTracker,
 
 
 def layer_text(layer: LayerProgress) -> str:
+    sizes = f"{human_bytes(layer.completed)}/{human_bytes(layer.total)}"
+    if layer.done:
+        return sizes
     speed = layer.speed
-    return (f"{human_bytes(layer.completed)}/{human_bytes(layer.total)}  "
-            f"{human_bytes(speed) + '/s' if speed is not None else '--'}  ETA {eta_text(layer.eta_seconds)}")
+    return f"{sizes} {human_bytes(speed) + '/s' if speed is not None else '--'} ETA {eta_text(layer.eta_seconds)}"
 
 
 class PullScreen(ModalScreen[bool]):
@@ -54,6 +56,12 @@ class PullScreen(ModalScreen[bool]):
     }
     PullScreen .pull-layer Label {
         width: 14;
+    }
+    PullScreen .pull-layer-bar {
+        width: auto;
+    }
+    PullScreen .pull-layer-bar Bar {
+        width: 16;
     }
     PullScreen .pull-layer .pull-layer-text {
         width: 1fr;

@@ -16,7 +16,7 @@ from textual.widgets import DataTable
 
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.fsutil import human_bytes
-from llamaforge_tui.core.ollama.client import START_HINT, OllamaServer
+from llamaforge_tui.core.ollama.client import OllamaServer
 from llamaforge_tui.core.ollama.show import show_model
 from llamaforge_tui.core.train.runs import plan_model_delete
 from llamaforge_tui.tui.screens.confirm_action import ConfirmAction
@@ -54,7 +54,7 @@ class ModelActions:
         """Why the server actions are off, or None while they are on (or the server's state is not known yet)."""
         if self.server is None or self.server.up:
             return None
-        return f"copy, rename, delete, pull and loaded models need the server: {START_HINT}, then press r"
+        return "copy, rename, delete, pull, loaded: off until the server runs (`ollama serve`, then r)"
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in SERVER_ACTIONS and self.server_down_reason() is not None:
