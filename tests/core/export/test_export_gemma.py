@@ -1,12 +1,14 @@
 """Export of the real Gemma 3 270M: round trip without training, then after a short real memorization run
-(shared by the tests of this module): merged F16/Q8_0, the adapter on the unchanged Q4_K_M source, and an
-Ollama-sourced export whose Modelfile and registration carry the store's layers byte for byte."""
+(shared by the tests of this module; one more in bf16 for the precision tests): merged F16/Q8_0, the adapter on
+the unchanged Q4_K_M source, and an Ollama-sourced export whose Modelfile and registration carry the store's
+layers byte for byte."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,22 +40,38 @@ def gemma() -> Path:
     return gemma_gguf_path()
 
 
-@pytest.fixture(scope="module")
-def trained_run(gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real LoRA run that memorizes one answer (10 steps, CPU, fp32)."""
+def _train(gemma: Path, root: Path, dtype: str) -> Path:
+    """A real LoRA run that memorizes one answer (10 steps, CPU, in ``dtype``)."""
     from llamaforge_tui.core.train.config import TrainConfig
     from llamaforge_tui.core.train.trainer import run
 
-    root = tmp_path_factory.mktemp("gemma-run")
     data = root / "memorize.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
                             + "\n" for q, a in PAIRS), encoding="utf-8")
     cfg = TrainConfig(model=str(gemma), data=str(data), max_steps=10, lora_r=8, lora_alpha=16, learning_rate=3e-3,
-                      batch_size=2, max_seq_len=48, warmup_steps=0, save_every=0, dtype="float32", device="cpu",
+                      batch_size=2, max_seq_len=48, warmup_steps=0, save_every=0, dtype=dtype, device="cpu",
                       output_dir=str(root / "run"))
     result = run(cfg, lambda e: None, threading.Event())
     assert result.status == "finished"
     return root / "run"
+
+
+@pytest.fixture(scope="module")
+def trained_runs(gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """One trained run per precision, made when first asked for (the bf16 one only by the precision tests)."""
+    made: dict[str, Path] = {}
+
+    def get(dtype: str = "float32") -> Path:
+        if dtype not in made:
+            made[dtype] = _train(gemma, tmp_path_factory.mktemp(f"gemma-run-{dtype}"), dtype)
+        return made[dtype]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def trained_run(trained_runs: Callable[[str], Path]) -> Path:
+    return trained_runs("float32")
 
 
 TEXTS = ["The quick brown fox jumps over the lazy dog because it was late for dinner.",
@@ -98,10 +116,18 @@ def test_round_trip_without_training_f16_and_keep(gemma: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("out_type", ["f16", "q8_0"])
-def test_trained_export_reproduces_the_answer(trained_run: Path, gemma: Path, out_type: str, tmp_path: Path) -> None:
+def test_trained_export_reproduces_the_answer(trained_runs: Callable[[str], Path], gemma: Path, out_type: str,
+                                              tmp_path: Path, train_dtype: str) -> None:
+    """Trained under each precision the trainer may pick on a CPU. Q8_0 is judged in parts (verify.judge_parts):
+    end to end, llama.cpp's Q8_0 differs from the merged model by KL 3.0e-2 here (AMD EPYC) and 1.1e-2 on an
+    Intel AMX Xeon, above the old 1e-3 gate on both; the file's own weights account for 5.7e-3 here."""
+    trained_run = trained_runs(train_dtype)
     result = export_run(trained_run, ExportOptions(out_type=out_type, verify=True, out_dir=tmp_path, name="vault"))
     v = result.verification
-    assert v is not None and v.passed and v.sample is not None
+    assert v is not None and v.passed and v.sample is not None, v and v.warnings
+    if out_type == "q8_0":
+        assert v.method == "parts" and all(p.passed for p in v.parts.values()), v.parts
+        assert v.parts["file"].mean_kl < 0.01 * v.effect_kl  # the fine-tune survives Q8_0 rounding
     assert v.sample.expected == ANSWER and v.sample.generated.startswith(ANSWER), v.sample
     assert "<start_of_turn>user\n" + QUESTION in v.sample.prompt
     if out_type == "f16":
