@@ -105,27 +105,12 @@ def fmt_bytes(n: int | float | None) -> str:
 
 
 def memory_pool(device: str | torch.device = "cpu") -> tuple[str, int | None]:
-    """(name, free bytes) of the memory a run on ``device`` draws from: one place to say which pool that is.
+    """(name, free bytes) of the memory a run on ``device`` draws from: VRAM on CUDA and ROCm, unified memory on
+    MPS, RAM on the CPU. ``core.system.memory_pool`` decides, so the plan, the fit check and the gauges agree."""
+    from llamaforge_tui.core.system import memory_pool as pool
 
-    CUDA: the GPU's free VRAM from the driver; anything else: the host's available RAM."""
-    kind = (device if isinstance(device, str) else device.type).split(":")[0]
-    if kind == "cuda":
-        try:
-            import torch
-
-            index = None if isinstance(device, str) and ":" not in device else getattr(device, "index", None)
-            if isinstance(device, str) and ":" in device:
-                index = int(device.split(":", 1)[1])
-            free, _ = torch.cuda.mem_get_info(index)
-            return "VRAM", int(free)
-        except (RuntimeError, AssertionError, ValueError):
-            return "VRAM", None
-    try:
-        import psutil
-
-        return "RAM", int(psutil.virtual_memory().available)
-    except (ImportError, OSError):
-        return "RAM", None
+    free, _total, name = pool(device)
+    return name, free
 
 
 def free_memory(device: str | torch.device = "cpu") -> int | None:
@@ -243,7 +228,7 @@ def estimate_memory(config: Any, *, dtype: Any = "bfloat16", device: str | torch
 
 
 def _pool_name(device: str) -> str:
-    return "VRAM" if device.startswith("cuda") else "RAM"
+    return "VRAM" if device.startswith("cuda") else "unified memory" if device.startswith("mps") else "RAM"
 
 
 def _advice(config: Any, weights: int, activations: int, total: int, free: int, shape: BatchShape, size: int,
