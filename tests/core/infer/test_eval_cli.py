@@ -95,3 +95,36 @@ def test_report_formatting() -> None:
     text = format_report(data)
     assert "held-out eval split" in text and "exact match" not in text  # nothing generated: no such rows
     assert [line.split()[0] for line in text.splitlines()[1:4]] == ["metric", "loss", "perplexity"]
+
+
+@pytest.mark.parametrize("flag", ["--eval-at-end", "--no-eval-at-end", None])
+def test_train_eval_at_end(flag: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On by default with an eval split; the summary is an event in events.jsonl and a line on the terminal."""
+    from llamaforge_tui.core.train.events import EvalSummary, read_events
+
+    model = make_tiny_llama(tmp_path / "model")
+    data = write_chat_jsonl(tmp_path / "qa.jsonl")
+    argv = ["train", "--model", str(model), "--data", str(data), "--steps", "2", "--eval-split", "0.25",
+            "--save-every", "0", "--out", str(tmp_path / "run"), *([flag] if flag else [])]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    summaries = [e for e in read_events(tmp_path / "run") if isinstance(e, EvalSummary)]
+    if flag == "--no-eval-at-end":
+        assert summaries == [] and "eval at end" not in out
+        return
+    (summary,) = summaries
+    assert summary.split == "eval" and summary.examples == 1 and summary.tokens > 0
+    assert summary.base_loss != summary.tuned_loss
+    line = next(line for line in out.splitlines() if line.startswith("eval at end"))
+    assert f"loss {summary.base_loss:.4f} -> {summary.tuned_loss:.4f}" in line and "held-out eval split" in line
+
+
+def test_eval_summary_event_round_trip() -> None:
+    import math
+
+    from llamaforge_tui.core.train.events import EvalSummary, event_from_dict
+
+    event = EvalSummary(step=3, split="train", base_loss=800.0, tuned_loss=1.5, base_perplexity=math.inf,
+                        tuned_perplexity=4.48, tokens=10, examples=2)
+    back = event_from_dict(json.loads(event.to_json()))
+    assert back == event
