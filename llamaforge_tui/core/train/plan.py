@@ -36,6 +36,8 @@ class TrainPlan:
     pool: str = "RAM"
     free: int | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # What the run would train on and in which precision, and why (``device.plan_device``; {"error": ...}).
+    target: dict[str, str] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool | None:
@@ -45,7 +47,9 @@ class TrainPlan:
         """The plan in words: steps, ETA, memory against free memory, its breakdown, notes (pane and CLI)."""
         from llamaforge_tui.core.fsutil import human_bytes
 
-        out = []
+        from llamaforge_tui.core.train.device import describe_plan
+
+        out = [f"device {describe_plan(self.target)}"] if self.target else []
         if self.examples is not None:
             out.append(f"{self.examples} examples -> {self.steps_per_epoch} steps/epoch, {self.total_steps} steps")
         out.append(f"rough ETA: {_duration(self.eta_seconds)}")
@@ -76,7 +80,8 @@ class TrainPlan:
                 "memory_estimate_bytes": memory.total if memory else None,
                 "memory_breakdown": memory.breakdown() if memory else None, "fits": self.fits,
                 "free_bytes": self.free, "eta_seconds": self.eta_seconds, "examples": self.examples,
-                "memory_pool": self.pool, "device": memory.device if memory else None,
+                "memory_pool": self.pool, "device": memory.device if memory else self.target.get("device"),
+                **{("device_error" if k == "error" else k): v for k, v in self.target.items() if k != "device"},
                 "largest_batch": ({"rows": self.batch.rows, "width": self.batch.width,
                                    "labelled_tokens": self.batch.label_rows} if self.batch else None),
                 "notes": list(self.notes)}
@@ -135,8 +140,11 @@ def plan_run(config: TrainConfig, settings: Settings, *, free: tuple[str, int | 
         notes.append(f"memory assumes full batches of {config.batch_size} x {config.max_seq_len} tokens "
                      "(the data could not be tokenized)")
     pool, free_bytes = (memory.pool, memory.free) if memory is not None else (free or ("RAM", None))
+    from llamaforge_tui.core.train.device import plan_device
+
     return TrainPlan(data.examples, steps_epoch, total, eta_from_history(config, settings, total), memory,
-                     data.batch, pool, free_bytes, tuple(notes))
+                     data.batch, pool, free_bytes, tuple(notes),
+                     plan_device(config.device, config.dtype, world_size=config.nproc))
 
 
 def _device(config: TrainConfig) -> str:

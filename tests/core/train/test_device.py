@@ -196,3 +196,17 @@ def test_plan_device_for_the_plan_and_the_form() -> None:
     bad = dev.plan_device("mps", "auto", acc=CPU)
     assert set(bad) == {"error"} and dev.describe_plan(bad).startswith("cannot run: device mps requested")
     assert set(dev.plan_device()) == {"device", "backend", "device_reason", "precision", "precision_reason"}
+
+
+def test_the_plan_shows_the_device_and_precision_with_reasons() -> None:
+    from llamaforge_tui.core.train.plan import TrainPlan
+
+    plan = TrainPlan(target=dev.plan_device("auto", "auto", acc=MAC_M1))
+    assert plan.lines()[0] == ("device -> mps (auto: no CUDA or ROCm GPU; the Apple GPU (Apple M1) through MPS, "
+                               "unified memory); float16 autocast, fp32 LoRA/optimizer/loss (auto: fp16 with loss "
+                               "scaling, since the Apple M1 GPU emulates bf16)")
+    data = plan.to_json()
+    assert (data["device"], data["backend"], data["precision"]) == ("mps", "mps", plan.target["precision"])
+    assert data["device_reason"] == plan.target["device_reason"] and "precision_reason" in data
+    refused = TrainPlan(target=dev.plan_device("mps", acc=CPU)).to_json()
+    assert refused["device_error"].startswith("device mps requested") and refused["device"] is None
