@@ -126,3 +126,16 @@ def test_checkpoint_rng_without_mps_has_no_mps_state() -> None:
     _, tensors = ckpt.rng_state()
     assert "mps" not in tensors
     ckpt.restore_rng({}, {"mps": torch.zeros(4, dtype=torch.uint8)})  # a Mac's checkpoint resumed here: ignored
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="a Mac: mps is there")
+def test_cli_refuses_mps_here_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llamaforge_tui import cli
+
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    code = cli.main(["train", "--model", "hf:tiny/none", "--data", str(data), "--device", "mps",
+                     "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: device mps requested but this torch build has no MPS support")
+    assert not (tmp_path / "run").exists()  # refused before anything was written or loaded
