@@ -45,7 +45,8 @@ PANES: tuple[tuple[str, str, str], ...] = (
 class Services:
     """Things the app talks to that tests replace with fakes.
 
-    ``gpu_sampler``: a callable returning GPU samples (``core.system``); ``None`` means the real NVML one.
+    ``gpu_sampler``: a callable returning GPU samples (``core.system``); ``None`` means the real one for
+    this machine (``core.gpu_samplers.AutoGpuSampler``: NVML, AMD SMI or the Apple GPU).
     ``extra``: room for pane-specific services without widening the factory's signature.
     """
 
