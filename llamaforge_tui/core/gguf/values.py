@@ -75,7 +75,7 @@ class LazyArray:
                 self._cache = np.frombuffer(
                     self._buf, dtype=_NUMPY_DTYPES[self.item_type], count=self.count, offset=self.offset
                 ).copy()
-            else:  # nested arrays are decoded by read_value and never reach a LazyArray
+            else:  # arrays of arrays are decoded by read_value, which fills the cache
                 raise GgufError(f"cannot decode an array of {self.item_type.name}")
         return self._cache
 
@@ -158,11 +158,15 @@ def read_value(buf: mmap.mmap, pos: int, vtype: GGUFValueType, limit: int, *, la
             if depth + 1 >= MAX_ARRAY_DEPTH:
                 raise GgufError(f"arrays nested more than {MAX_ARRAY_DEPTH} deep")
             need(pos, count * _ARRAY_HEADER, limit)
-            items = []
+            start, items = pos, []
             for _ in range(count):
                 item, pos = read_value(buf, pos, item_type, limit, lazy=False, depth=depth + 1)
                 items.append(item)
-            return items, pos
+            if not lazy or count < LAZY_ARRAY_MIN:
+                return items, pos
+            located = LazyArray(buf, start, count, item_type, pos)  # keeps the byte range (the writer copies it)
+            located._cache = items
+            return located, pos
         arr = LazyArray(buf, pos, count, item_type, end)
         if not lazy or count < LAZY_ARRAY_MIN:
             loaded = arr.load()
