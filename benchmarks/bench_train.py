@@ -295,6 +295,8 @@ def cpu_suite(args: argparse.Namespace) -> list[dict]:
 def gpu_suite(args: argparse.Namespace) -> list[dict]:
     """The GPU table in one run: bf16 shapes (ours vs Trainer+peft), then quantized vs dequantized base."""
     shapes = ["tiny"] if args.smoke else ["gemma-270m", "gemma-1b"]
+    if args.shapes is not None:
+        shapes = [s for s in args.shapes.split(",") if s]
     timeout = 120 if args.smoke else 240
     args.mean_len, args.label_fraction = 160, 0.6  # synthetic data: ~60% of the tokens are answers
     print(f"device {args.device}, dtype {args.dtype}, {args.examples} synthetic examples per shape, batch "
@@ -306,6 +308,12 @@ def gpu_suite(args: argparse.Namespace) -> list[dict]:
             rows.append(run_variant(args, variant, group=shape, ref=variant == "baseline", shape=shape,
                                     timeout=timeout))
     gguf = os.environ.get("LF_BENCH_GGUF")
+    header = Path(args.gguf_header) if args.gguf_header else ROOT / ".bench" / "gemma.header"
+    if not gguf and not args.smoke and header.is_file():
+        # the real file cannot travel to a GPU box: rebuild its exact layout with random blocks (bench_quantized)
+        from bench_quantized import synthesize
+
+        gguf = str(synthesize(header, Path(tempfile.mkdtemp(prefix="bench-gguf-")) / "gemma-synthetic.gguf"))
     if not gguf and not args.smoke:
         try:
             from _gemma import gemma_path
@@ -340,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--variants", default=",".join(CPU_VARIANTS))
     parser.add_argument("--verbose", action="store_true", help="print a failed variant's stderr")
+    parser.add_argument("--shapes", help=f"--gpu: comma-separated shapes out of {', '.join(suite.SHAPES)} "
+                        "(default gemma-270m,gemma-1b; empty: only the quantized pair)")
+    parser.add_argument("--gguf-header", help="--gpu: a GGUF header saved by bench_quantized.py --save-header, to "
+                        "rebuild Gemma's layout with random blocks (default: .bench/gemma.header if present)")
     for hidden in ("--variant", "--data", "--shape", "--weights"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--mean-len", type=int, default=0, help=argparse.SUPPRESS)
