@@ -19,6 +19,7 @@ from llamaforge_tui.core.train.events import EvalSummary, Event, LogLine, RunFai
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges
 from llamaforge_tui.tui.widgets.log_panel import LogPanel
 from llamaforge_tui.tui.widgets.loss_chart import LossChart
+from llamaforge_tui.tui.widgets.metric_chart import METRICS, MetricChart
 from llamaforge_tui.tui.widgets.run_state import (
     IDLE,
     STATUSES,
@@ -29,6 +30,7 @@ from llamaforge_tui.tui.widgets.run_state import (
 )
 
 STATE_CLASSES = tuple(f"-{status}" for status in STATUSES)
+COMPACT_HEIGHT = 28  # rows: below it the grad-norm/LR chart waits behind g, in the log panel's place
 IDLE_TITLE = "No run yet: fill in the form and press t, or pick one under Runs."
 
 
@@ -43,6 +45,7 @@ class RunMonitor(Vertical):
         yield Static("", id="run-progress", markup=False)
         yield Static("", id="run-stats", markup=False)
         yield LossChart(id="loss-chart")
+        yield MetricChart(id="metric-chart")
         yield GpuGauges(id="gauges", gpu_sampler=self._gpu_sampler)
         yield LogPanel(id="log-panel")
 
@@ -96,3 +99,31 @@ class RunMonitor(Vertical):
         self._set_text("#run-progress", progress_line(state, run_active, width))
         self._set_text("#run-stats", stats_line(state))
         self.query_one(LossChart).set_points(state.train_points, state.eval_points)
+        self.query_one(MetricChart).set_series({"grad_norm": state.grad_points, "lr": state.lr_points})
+
+    # -- chart keys (the pane's bindings call these, so they act wherever the pane's focus is) ----------
+    def cycle_zoom(self) -> None:
+        loss = self.query_one(LossChart)
+        loss.action_cycle_zoom()
+        self.query_one(MetricChart).zoom = loss.zoom
+
+    def toggle_smooth(self) -> None:
+        self.query_one(LossChart).action_toggle_smooth()
+
+    def cycle_metric(self) -> None:
+        """g: grad-norm, then the learning rate. On a short screen the small chart is hidden at first, and
+        shown in the log panel's place: hidden -> grad-norm -> learning rate -> hidden."""
+        chart = self.query_one(MetricChart)
+        if not self.has_class("-compact"):
+            chart.cycle_metric()
+        elif not self.has_class("-metric-shown"):
+            self.add_class("-metric-shown")
+            chart.replot_now()
+        elif chart.metric != METRICS[-1][0]:
+            chart.cycle_metric()
+        else:
+            chart.cycle_metric()
+            self.remove_class("-metric-shown")
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.height < COMPACT_HEIGHT, "-compact")

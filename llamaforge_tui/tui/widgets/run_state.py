@@ -39,6 +39,8 @@ class RunState:
     last_checkpoint: str | None = None
     train_points: list[tuple[int, float]] = field(default_factory=list)
     eval_points: list[tuple[int, float]] = field(default_factory=list)
+    grad_points: list[tuple[int, float]] = field(default_factory=list)  # (step, gradient norm)
+    lr_points: list[tuple[int, float]] = field(default_factory=list)  # (step, learning rate)
     events_seen: int = 0
 
     @property
@@ -63,12 +65,16 @@ class RunState:
             keep = event.resumed_from_step
             self.train_points = [p for p in self.train_points if p[0] <= keep]
             self.eval_points = [p for p in self.eval_points if p[0] <= keep]
+            self.grad_points = [p for p in self.grad_points if p[0] <= keep]
+            self.lr_points = [p for p in self.lr_points if p[0] <= keep]
             if self.last_step is not None and self.last_step.step > keep:
                 self.last_step = None
         elif isinstance(event, StepLogged):
             self.last_step = event
             self.total_steps = event.total_steps or self.total_steps
             self.train_points.append((event.step, event.loss))
+            self.grad_points.append((event.step, event.grad_norm))
+            self.lr_points.append((event.step, event.lr))
             if self.status == IDLE:  # attached mid-run, or an events file without its RunStarted
                 self.status = RUNNING
         elif isinstance(event, EvalLogged):

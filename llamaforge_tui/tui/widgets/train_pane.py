@@ -16,47 +16,46 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widget import Widget
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, TabbedContent, TabPane
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import Worker, WorkerState
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.train.events import BatchingEmit, Event, EventReader
+from llamaforge_tui.core.train.events import Event
 from llamaforge_tui.core.train.config import TrainConfig
 from llamaforge_tui.tui.widgets.eval_table import EvalTable
 from llamaforge_tui.tui.widgets.gpu_gauges import GpuGauges
 from llamaforge_tui.tui.widgets.log_panel import LogPanel, PanelLogHandler
-from llamaforge_tui.tui.widgets.loss_chart import LossChart
 from llamaforge_tui.tui.widgets.run_form import ConfigFileBar, RunForm
 from llamaforge_tui.tui.widgets.panes import Panes
 from llamaforge_tui.tui.widgets.run_monitor import RunMonitor
 from llamaforge_tui.tui.widgets.run_plan import RunPlan
 from llamaforge_tui.tui.widgets.run_state import ENDED, INTERRUPTED, RUNNING, STOPPING, RunState
+from llamaforge_tui.tui.widgets.run_lifecycle import RunLifecycle
 from llamaforge_tui.tui.widgets.runs_list import RunsList
 
-TrainFn = Callable[..., Any]  # core.trainer.run(config, emit, stop_event, *, resume_from, settings)
 # Once a second is plenty for a run watched for hours, and keeps the UI's CPU away from training.
 REFRESH_SECONDS = 1.0
-EVENT_BATCH_SECONDS = 0.5  # a local run's steps reach the UI in batches this far apart, at most
 
 
-class TrainPane(Vertical):
+class TrainPane(RunLifecycle, Vertical):
     BINDINGS = [
         Binding("t", "start", "Train", id="training.start"),
         Binding("s", "stop", "Stop", id="training.stop"),
         Binding("r", "resume", "Resume", id="training.resume"),
         Binding("e", "export", "Export", id="training.export"),
         Binding("z", "zoom", "Zoom chart", id="training.chart_zoom"),
+        Binding("m", "smooth", "Smooth loss", id="training.chart_smooth"),
+        Binding("g", "metric", "Grad/LR", id="training.chart_metric"),
         Binding("c", "edit_config", "Edit config", id="training.edit_config"),
         Binding("b", "evaluate", "Evaluate", id="training.evaluate"),
         Binding("escape", "leave_form", "Leave the form", show=False, id="training.leave_form"),
@@ -89,6 +88,7 @@ class TrainPane(Vertical):
         self._dirty = True
         self._last_refresh = 0.0
         self._log_handler: PanelLogHandler | None = None
+        self._form_pinned = False  # c during a run: the form stays open until the run ends
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -122,8 +122,21 @@ class TrainPane(Vertical):
 
     def focus_target(self) -> Widget:
         """Where the app puts the keyboard when the pane is shown: the Train button, so the pane's keys
-        (t, s, r, e, z) act at once instead of typing into a form field."""
+        (t, s, r, e, z) act at once instead of typing into a form field; the chart while the form is folded."""
+        if not self.query_one("#train-side").display:
+            return self.query_one("#loss-chart")
         return self.query_one("#train-start", Button)
+
+    def _fold_form(self) -> None:
+        """While a run trains here the form folds away, so the monitor gets the width; c brings it back."""
+        fold = self.run_active and not self._form_pinned
+        side = self.query_one("#train-side")
+        if side.display != fold:
+            return
+        focused = self.screen.focused
+        side.display = not fold
+        if fold and focused is not None and side in focused.ancestors_with_self:
+            self.focus_target().focus()  # the keys still reach the pane
 
     def on_unmount(self) -> None:
         if self._log_handler is not None:
@@ -202,6 +215,8 @@ class TrainPane(Vertical):
             self.notify(f"llamaforge export {run_dir}", title="Export", markup=False)
 
     def action_edit_config(self) -> None:
+        self._form_pinned = self.run_active
+        self.query_one("#train-side").display = True
         self.query_one("#train-side-tabs", TabbedContent).active = "train-config-tab"
         self.query_one("#in-model").focus()
 
@@ -214,27 +229,13 @@ class TrainPane(Vertical):
         self.query_one(EvalTable).toggle(None if self.run_active else self.current_run_dir)
 
     def action_zoom(self) -> None:
-        self.query_one(LossChart).action_cycle_zoom()
+        self.query_one(RunMonitor).cycle_zoom()
 
-    def guard_quit(self) -> bool:
-        """Called by the app's quit action. True when a run is active: we ask first, and own the quit."""
-        if not self.run_active:
-            return False
-        from llamaforge_tui.tui.screens.confirm_quit import ConfirmQuit
+    def action_smooth(self) -> None:
+        self.query_one(RunMonitor).toggle_smooth()
 
-        if self.quit_after_stop:
-            self.notify("Stopping the run; the app quits when its checkpoint is written.", title="Quitting")
-            return True
-        if isinstance(self.app.screen, ConfirmQuit):
-            return True
-
-        def answered(stop_and_quit: bool | None) -> None:
-            if stop_and_quit:
-                self.quit_after_stop = True
-                self.action_stop()
-
-        self.app.push_screen(ConfirmQuit(self.state.run_id or "starting"), answered)
-        return True
+    def action_metric(self) -> None:
+        self.query_one(RunMonitor).cycle_metric()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         action = {"train-start": self.action_start, "train-stop": self.action_stop,
@@ -258,101 +259,6 @@ class TrainPane(Vertical):
     @on(RunsList.RunChosen)
     def _run_chosen(self, message: RunsList.RunChosen) -> None:
         self.attach(message.path)
-
-    # -- training --------------------------------------------------------------------------------
-    def _launch(self, config: TrainConfig, *, resume_from: Path | None) -> None:
-        self._stop_following()
-        self.state = RunState()
-        if resume_from is not None:  # keep the curve so far: the resumed run continues it
-            for event in EventReader(resume_from).poll():
-                self.state.apply(event)
-        self.state.status = RUNNING
-        self._dirty = True
-        self.query_one(LogPanel).write_line(f"starting: {config.model} on {config.data}"
-                                            + (f" (resuming {resume_from})" if resume_from else ""))
-        self.train_worker = self._train(config, resume_from)
-
-    def _train_fn(self) -> TrainFn:
-        services = getattr(self.app, "services", None)
-        fn = getattr(services, "extra", {}).get("train_run") if services is not None else None
-        if fn is None:
-            from llamaforge_tui.core.train.trainer import run as fn
-        return fn
-
-    @work(thread=True, group="training", name="training", description="LoRA training run", exit_on_error=False)
-    def _train(self, config: TrainConfig, resume_from: Path | None) -> Any:
-        worker = get_current_worker()
-        # Batched: a fast run (tens of steps a second) wakes the UI a few times a second, not once per step;
-        # every event still arrives, in order, and start/checkpoint/end events at once.
-        emit = BatchingEmit(lambda events: self.post_message(self.EventsArrived(events, origin="local")),
-                            interval=EVENT_BATCH_SECONDS)
-        try:
-            return self._train_fn()(config, emit, worker.cancelled_event, resume_from=resume_from,
-                                    settings=self.app.settings)
-        finally:
-            emit.flush()
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self.train_worker or event.state in (WorkerState.PENDING, WorkerState.RUNNING):
-            return
-        if event.state == WorkerState.ERROR:
-            error = event.worker.error
-            if not self.state.ended:
-                self.state.status = "failed"
-            text = str(error) if isinstance(error, LlamaForgeError) else f"{type(error).__name__}: {error}"
-            self.query_one(LogPanel).write_line(f"run failed: {text}")  # the app's handler notifies
-        elif self.state.status in (RUNNING, STOPPING):  # ended without a terminal event
-            self.state.status = "stopped"
-        self._dirty = True
-        self._refresh_monitor()
-        self.query_one(RunsList).reload()
-        self.query_one(EvalTable).show_run(self.current_run_dir)  # its end-of-run evaluation
-        if self.quit_after_stop:
-            self.app.exit()
-
-    # -- attach ----------------------------------------------------------------------------------
-    def attach(self, run_dir: Path | str) -> None:
-        """Show a run folder: its history, then its new events as they are written."""
-        if self.run_active:
-            self.notify("A run is training here; the monitor stays on it.", severity="warning")
-            return
-        self._stop_following()
-        self.attached_dir = Path(run_dir)
-        self.state = RunState(run_dir=str(self.attached_dir), run_id=self.attached_dir.name)
-        self._dirty = True
-        self.query_one(LogPanel).clear()
-        config_file = self.attached_dir / "config.toml"
-        if config_file.is_file():  # show what the run was started with (and start a variant from there)
-            try:
-                self.query_one(RunForm).load_config(TrainConfig.from_file(config_file))
-            except LlamaForgeError as exc:
-                self.query_one(LogPanel).write_line(f"cannot read the run's config: {exc}")
-        self.follow_worker = self._follow(self.attached_dir)
-        self.query_one(EvalTable).show_run(self.attached_dir)
-
-    def _stop_following(self) -> None:
-        if self.follow_worker is not None:
-            self.follow_worker.cancel()
-            self.follow_worker = None
-        self.attached_dir = None
-
-    @work(thread=True, group="monitor", name="follow-events", description="Follow a run's events.jsonl",
-          exit_on_error=False)
-    def _follow(self, run_dir: Path, interval: float = 0.3) -> None:
-        from llamaforge_tui.core.train.runs import is_locked
-
-        worker = get_current_worker()
-        reader = EventReader(run_dir)
-        polls = 0
-        while not worker.is_cancelled:
-            events = reader.poll()
-            # Every few seconds: is a process still training it? (its lock dies with it, even on SIGKILL)
-            alive = is_locked(run_dir) if polls % 10 == 0 else None
-            polls += 1
-            if events or alive is not None:
-                self.post_message(self.EventsArrived(events, origin="attached", trainer_alive=alive))
-            if worker.cancelled_event.wait(interval):
-                break
 
     # -- events -> screen ------------------------------------------------------------------------
     def on_train_pane_events_arrived(self, message: EventsArrived) -> None:
@@ -393,6 +299,9 @@ class TrainPane(Vertical):
             return
         self._dirty = False
         state = self.state
+        if not self.run_active:
+            self._form_pinned = False
+        self._fold_form()
         self.query_one(RunMonitor).show(state, self.run_active)
         # Dimmed, not disabled: disabling the focused button would throw focus into the form, where the
         # next key (s, r, t) would be typed into a field instead of acting.
