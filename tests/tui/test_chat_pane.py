@@ -183,3 +183,32 @@ async def test_compare_is_refused_for_ollama_and_transcript_saves(tmp_path: Path
 
         assert load_dataset(saved).format == "chat"
     assert opened[OLLAMA.text].closed
+
+
+async def test_real_tiny_run_answers_a_fact_only_with_the_adapter(tmp_path: Path) -> None:
+    """The real backend on a tiny run trained on made-up facts: the tuned column holds the fact, the base's does
+    not, and the Train pane's run is offered first once it has an adapter."""
+    pytest.importorskip("torch")
+    from tests.fixtures.chat_runs import FACTS, train_fact_run
+
+    run = train_fact_run(tmp_path)
+    app = make_app(Settings(runs_dir=str(run.parent)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5")
+        pane = app.query_one(ChatPane)
+        await until(pilot, lambda: bool(pane.targets))
+        assert [t.label for t in pane.targets if t.kind == "run"] == ["tiny-facts"]
+        pane.choose(pane.targets[0])
+        await until(pilot, lambda: pane.backend is not None, timeout=60)
+        app.query_one("#chat-temperature", Input).value = "0"
+        app.query_one("#chat-max-tokens", Input).value = "48"
+        await pilot.press("ctrl+b")
+        question, answer = FACTS[1]
+        app.query_one("#chat-prompt", Input).value = question
+        await pilot.press("enter")
+        base = app.query_one("#chat-base", ChatColumn)
+        await until(pilot, lambda: not pane.generating and "tokens/s" in base.stats_text, timeout=60)
+        tuned = app.query_one("#chat-tuned", ChatColumn)
+        assert tuned.answer.strip() == answer and "teal" not in base.answer
+        assert "adapter on" in str(tuned.query_one(".chat-column-title", Label).render())
+        assert "adapter off" in str(base.query_one(".chat-column-title", Label).render())

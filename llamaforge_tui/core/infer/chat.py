@@ -107,7 +107,9 @@ class RunBackend(ChatBackend):
 
     def side_label(self, side: str) -> str:
         if side == "base":
-            return f"base: {self.session.config.model} (adapter off)"
+            model = self.session.config.model
+            shown = Path(model).name if "/" in model and not model.startswith(("ollama:", "hf:")) else model
+            return f"base: {shown} (adapter off)"
         return f"tuned: {self.target.label} (adapter on)"
 
     def close(self) -> None:

@@ -32,7 +32,9 @@ class ChatColumn(Vertical):
     @property
     def answer(self) -> str:
         """The text of the answer being written (or the last one)."""
-        return self._answer
+        if self._user is not None:
+            return self._answer
+        return self._done[-1][1] if self._done else ""
 
     @property
     def body_text(self) -> str:

@@ -96,8 +96,9 @@ class ChatPane(Vertical):
             yield Checkbox("compare with base", id="chat-compare")
         with Horizontal(id="chat-settings"):
             for key, label in SETTINGS:
-                yield Input(placeholder=label, id=f"chat-{key.replace('_', '-')}", classes="chat-setting",
-                            tooltip=label)
+                field = Input(placeholder=label, id=f"chat-{key.replace('_', '-')}", classes="chat-setting")
+                field.border_title = label
+                yield field
         with Horizontal(id="chat-columns"):
             yield ChatColumn("tuned", "tuned", id="chat-tuned")
             yield ChatColumn("base", "base (adapter off)", id="chat-base")
@@ -181,6 +182,11 @@ class ChatPane(Vertical):
         self.action_stop()
         self.target = target
         self.backend = None
+        select = self.query_one("#chat-target", Select)
+        index = next((i for i, t in enumerate(self.targets) if t.text == target.text), None)
+        if index is not None and select.value != index:
+            with select.prevent(Select.Changed):
+                select.value = index
         self._show_history()
         self._status(f"loading {target.label}...")
         self._load(target)
