@@ -165,3 +165,30 @@ async def test_a_llama_cpp_crash_during_verification_leaves_the_app_and_training
         exported = list((run_dir / "export").glob("*-q8_0.gguf"))
         assert len(exported) == 1 and GgufFile(exported[0]).get("general.file_type") == 7
         release.set()
+
+
+async def test_a_q8_0_verification_shows_its_parts_and_gates(tmp_path: Path) -> None:
+    from llamaforge_tui.core.export.verify import Part
+
+    def export(run_dir: Path, options: ExportOptions, settings: Any, *, progress: Any, stop_event: Any) -> ExportResult:
+        v = _verification("q8_0", 3.0e-2)
+        v.method, v.effect_kl, v.buffer_types = "parts", 7.2, ["CPU_Mapped"]
+        v.parts = {"file": Part(0.97, 5.7e-3, 0.9, 0.1, True, "PyTorch on the q8_0 file's own weights"),
+                   "reading": Part(1.0, 7.9e-6, 0.99, 1e-4, True, "llama.cpp F16 run of those weights"),
+                   "kernel": Part(0.97, 1.0e-2, 0.9, 0.1, True, "llama.cpp q8_0 vs its own F16 run")}
+        return ExportResult(run_dir / "m.gguf", "q8_0", 1, run_dir / "Modelfile", verification=v, name="t")
+
+    for size in ((80, 24), (120, 40)):
+        app = make_app(Settings(), Services(extra={"export_run": export}))
+        async with app.run_test(size=size) as pilot:
+            app.push_screen(ExportScreen(tmp_path))
+            await pilot.pause()
+            await pilot.press("ctrl+e")
+            await _idle(pilot, app)
+            table = app.screen.query_one("#export-verification", DataTable)
+            rows = [table.get_row_at(i) for i in range(table.row_count)]
+            assert [str(r[0]).strip() for r in rows] == ["q8_0", "file", "reading", "kernel"]
+            assert rows[1][2] == "5.70e-03" and str(rows[3][5]) == "ok"
+            parts = str(app.screen.query_one("#export-parts", Static).render())
+            assert "gate top-1 >= 90%, mean KL <= 1.0e-01" in parts and "effect on these prompts: mean KL 7.20e+00" in parts
+            assert "CPU_Mapped" in parts

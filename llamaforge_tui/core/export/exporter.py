@@ -338,7 +338,9 @@ def verify_merged(run: RunInfo, ref: Any, path: Path, out_type: str, label: str,
     from llamaforge_tui.core.export.merge import plan_gguf_merge
     from llamaforge_tui.core.export.verify import gate_class
 
-    say = lambda m: emit(ExportProgress("verify", m))  # noqa: E731
+    def say(message: str) -> None:
+        emit(ExportProgress("verify", message))
+
     if gate_class(out_type) != "q8_0":
         return ref.verify(path, out_type, label=label, sample=sample)
     tmpdir = Path(tempfile.mkdtemp(prefix=".lf-f16-copy-", dir=path.parent))

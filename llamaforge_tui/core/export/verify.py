@@ -24,9 +24,9 @@ So a Q8_0 file is judged in three parts (``judge_parts``), each against its own,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,7 +171,7 @@ def judge_parts(end_to_end: Verification, file: LogitComparison, reading: LogitC
     and llama.cpp's own Q8_0 arithmetic. The end-to-end figures stay as they were measured, for the record."""
     result = end_to_end
     file_gate = FILE_GATE
-    if effect_kl is not None and effect_kl == effect_kl and effect_kl > 0:
+    if effect_kl is not None and math.isfinite(effect_kl) and effect_kl > 0:
         file_gate = (FILE_GATE[0], min(FILE_GATE[1], MAX_EFFECT_SHARE * effect_kl))
     result.parts = {
         "file": _part(file, file_gate, f"PyTorch on the {out_type} file's own weights vs the merged model"),
