@@ -19,7 +19,8 @@ from llamaforge_tui.tui.screens.name_prompt import NamePrompt
 from llamaforge_tui.tui.screens.pull_screen import PullScreen
 from llamaforge_tui.tui.screens.running_models import RunningModelsScreen
 from llamaforge_tui.tui.widgets.models_pane import ModelsPane
-from tests.tui.test_models_pane import _select, _until, make_app, wait_for_scan
+from tests.tui.test_models_pane import _select, make_app, wait_for_scan
+from tests.tui.test_models_pane import _until as _until_10s
 
 LAYER = "sha256:" + "e" * 64
 
@@ -29,6 +30,11 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOllama]:
     with FakeOllama() as server:
         monkeypatch.setenv("OLLAMA_HOST", server.host)
         yield server
+
+
+async def _until(pilot: Pilot, condition: object, timeout: float = 30.0) -> None:
+    """Generous: the server calls run in workers on a shared, busy CPU."""
+    await _until_10s(pilot, condition, timeout)
 
 
 def screen_text(app: LlamaForgeApp) -> str:
