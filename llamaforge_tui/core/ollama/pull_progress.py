@@ -44,7 +44,7 @@ class LayerProgress:
         speed = self.speed
         if self.done:
             return 0.0
-        return (self.total - self.completed) / speed if speed and speed > 0 and self.total else None
+        return max(0.0, (self.total - self.completed) / speed) if speed and speed > 0 and self.total else None
 
     @property
     def short(self) -> str:

@@ -146,3 +146,29 @@ def test_pull_tracker_speed_and_eta() -> None:
     assert layer.speed == 200.0 and layer.eta_seconds == 4.0 and layer.fraction == 0.2
     tracker.update(PullProgress("success"), now=2.0)
     assert tracker.finished and tracker.total_bytes == 1000
+
+
+def test_pull_tracker_never_raises_and_stays_in_bounds() -> None:
+    """Whatever lines a server sends (sizes growing, shrinking, missing; several layers interleaved; time not
+    moving), the tracker never raises and its figures stay sane."""
+    from hypothesis import given, settings as hsettings, strategies as st
+
+    digests = st.sampled_from(["sha256:" + c * 64 for c in "abc"])
+    line = st.builds(PullProgress, st.sampled_from(["pulling", "verifying sha256 digest", "success"]),
+                     st.one_of(st.none(), digests), st.one_of(st.none(), st.integers(0, 10**12)),
+                     st.one_of(st.none(), st.integers(0, 10**12)))
+
+    @hsettings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(line, st.floats(0, 1e6, allow_nan=False)), max_size=40))
+    def check(lines: list[tuple[PullProgress, float]]) -> None:
+        tracker = PullTracker("m")
+        for progress, now in sorted(lines, key=lambda x: x[1]):
+            tracker.update(progress, now=now)
+        for layer in tracker.layers.values():
+            assert 0.0 <= layer.fraction <= 1.0
+            eta = layer.eta_seconds
+            assert eta is None or eta >= 0.0
+        assert tracker.completed_bytes >= 0 and tracker.total_bytes >= 0
+        assert tracker.finished == any(p.status == "success" for p, _ in lines)
+
+    check()
