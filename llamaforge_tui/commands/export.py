@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         for name, part in v.parts.items():
             print(f"  {name:8s} top-1 {part.top1_agreement:.1%} (gate {part.min_top1:.0%}), mean KL {part.mean_kl:.2e} "
                   f"(gate {part.max_kl:.1e}): {part.what}: {'ok' if part.passed else 'FAILED'}")
+        for note in v.notes:
+            print(f"  note: {note}")
         if v.sample is not None:
             print(f"  expected:  {v.sample.expected}")
             print(f"  generated: {v.sample.generated}")

@@ -91,7 +91,7 @@ class ExportResult:
                 "top1_agreement": v.top1_agreement, "mean_kl": v.mean_kl, "max_kl": v.max_kl,
                 "positions": v.positions, "passed": v.passed, "gate": v.gate, "warnings": v.warnings,
                 "floor_kl": v.floor_kl, "method": v.method, "effect_kl": v.effect_kl,
-                "buffer_types": v.buffer_types,
+                "buffer_types": v.buffer_types, "notes": v.notes,
                 "parts": {k: {"top1_agreement": p.top1_agreement, "mean_kl": p.mean_kl, "min_top1": p.min_top1,
                               "max_kl": p.max_kl, "passed": p.passed, "what": p.what} for k, p in v.parts.items()},
                 "sample": None if v.sample is None else {"prompt": v.sample.prompt, "expected": v.sample.expected,

@@ -265,7 +265,7 @@ class LlamaSession:
                  file_note: str | None = None, stop_event: threading.Event | None = None) -> None:
         path = Path(gguf_path)
         self.stop_event = stop_event
-        what = what or f"llama.cpp on {path.name}"
+        what = what or f"work on {path.name}"
         note = file_note or f"{path} on disk is complete and untouched."
         self._child = _start(what, note, extra_buffers, stop_event)
         try:

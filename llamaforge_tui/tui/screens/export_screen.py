@@ -235,6 +235,7 @@ class ExportScreen(Screen[None]):
                 lines.append(f"the fine-tune's own effect on these prompts: mean KL {_fmt_kl(v.effect_kl)}")
             if v.buffer_types:
                 lines.append(f"llama.cpp weight buffers: {', '.join(v.buffer_types)}")
+            lines += v.notes
             self.query_one("#export-parts", Static).update(Text("\n".join(lines)))
 
     def on_export_screen_finished(self, message: Finished) -> None:
