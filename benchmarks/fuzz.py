@@ -320,7 +320,10 @@ def _alarm(signum: int, frame: object) -> None:
 def run_one(parser: str, index: int, work: Path) -> tuple[str, str]:
     rng = random.Random(f"{parser}:{index}")
     steps = TARGETS[parser](rng, work)
-    next(steps)  # the input is made (not timed)
+    try:
+        next(steps)  # the input is made (not timed)
+    except Exception as exc:  # a broken harness is reported, not a crash of the worker
+        return UNEXPECTED, f"could not make the input: {type(exc).__name__}: {exc}"
     signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT_S)
     try:
         next(steps)
@@ -406,7 +409,7 @@ def fuzz(parsers: list[str], n: int, workers: int, memory_limit: int, first: int
             if w.conn.poll(0.01):
                 try:
                     outcome, detail = w.conn.recv()
-                except EOFError:
+                except (EOFError, OSError):  # the worker died mid-answer
                     outcome, detail = UNEXPECTED, f"worker died (exit code {w.proc.exitcode})"
                     w.restart()
             elif not w.proc.is_alive():
@@ -467,6 +470,16 @@ def main() -> int:
     print(f"{n:,} inputs per parser; {TIME_LIMIT_S:.0f} s and {args.memory_mb} MiB per input; "
           f"{args.workers} workers; {wall:.0f} s wall\n")
     print(table(results))
+    classes: dict[tuple[str, str], int] = {}
+    for p, r in results.items():
+        for _index, detail in r["failures"]:
+            where = detail[detail.rfind("("):] if detail.endswith(")") else ""
+            key = (p, detail.split(":")[0] + (" " + where if where else ""))
+            classes[key] = classes.get(key, 0) + 1
+    if classes:
+        print(f"\n{len(classes)} distinct unexpected failure(s) (parser, kind and place: inputs):")
+        for (p, kind), count in sorted(classes.items()):
+            print(f"  {p}: {kind}: {count}")
     failed = False
     for p, r in results.items():
         for index, detail in r["failures"][:5]:
