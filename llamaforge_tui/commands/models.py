@@ -15,7 +15,7 @@ from llamaforge_tui.core.ollama.store import OllamaModel, StoreScan, server_stat
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "models", help="list the models in the Ollama store; show, copy, delete, pull, running",
+        "models", help="list the models in the Ollama store; show, copy, rename, delete, pull, running, unload",
         description="List every model in the Ollama store: GGUF details, status, and the Hugging Face base it maps "
                     "to. The subcommands manage models through the Ollama server.")
     add_json_flag(parser)
