@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -30,7 +31,6 @@ from llamaforge_tui.core.system import (
     GpuSampler,
     GpuUnavailable,
     NvmlSampler,
-    apple_chip,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,18 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value in _SENTINELS or value < 0:
         return None
     return float(value)
+
+
+def apple_chip() -> str | None:
+    """"Apple M2 Pro" on a Mac (sysctl), else None."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                             timeout=5, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
 
 
 # -- AMD ------------------------------------------------------------------------------------------------------------

@@ -17,8 +17,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -402,14 +400,3 @@ def _mps_working_set() -> tuple[int | None, int | None]:
     except (AttributeError, RuntimeError):
         return None, None
 
-
-def apple_chip() -> str | None:
-    """"Apple M2 Pro" on a Mac (sysctl), else None."""
-    if sys.platform != "darwin":
-        return None
-    try:
-        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                             timeout=5, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out or None

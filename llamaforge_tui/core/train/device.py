@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.errors import ConfigError
-from llamaforge_tui.core.system import apple_chip
+from llamaforge_tui.core.gpu_samplers import apple_chip
 
 if TYPE_CHECKING:
     import torch
