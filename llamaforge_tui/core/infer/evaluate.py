@@ -190,8 +190,13 @@ def evaluate_run(run: str | Path, settings: Settings | None = None, *, limit: in
         if dtype == "run":
             dtype = _training_dtype(run, device)
         report("load", 0, 0, f"loading {run.name}")
-        session = RunSession.open(run, settings, device=device, dtype=dtype, stop_event=stop_event,
-                                  progress=lambda message: report("load", 0, 0, message))
+        try:
+            session = RunSession.open(run, settings, device=device, dtype=dtype, stop_event=stop_event,
+                                      progress=lambda message: report("load", 0, 0, message))
+        except LlamaForgeError:
+            if stop_event.is_set():  # the loader stops early on the event and says so in its own words
+                raise EvalCancelled("evaluation cancelled") from None
+            raise
     try:
         result = _evaluate(session, limit, general_path, samples, report, stop_event)
     finally:

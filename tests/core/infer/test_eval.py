@@ -114,7 +114,7 @@ def test_held_out_facts_are_the_eval_split(held_out: Path, memorized: Path) -> N
     assert summary.base_loss == pytest.approx(result.base.loss, rel=1e-4)
 
 
-@pytest.mark.parametrize("phase", ["loss", "generate"])
+@pytest.mark.parametrize("phase", ["load", "loss", "generate"])
 def test_cancelling_mid_way_writes_nothing(memorized: Path, phase: str) -> None:
     before = (memorized / EVAL_FILE).read_bytes() if (memorized / EVAL_FILE).exists() else None
     stop = threading.Event()
