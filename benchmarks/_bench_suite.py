@@ -59,6 +59,9 @@ def install_synthetic(shape: str, examples: int, max_len: int) -> None:
         with torch.device(device):
             model = Gemma3ForCausalLM(cfg)
         model = model.to(precision.torch_dtype())
+        if torch.device(device).type == "cuda":  # the fp32 init is not the run's: count from the loaded model
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         tok = SimpleNamespace(pad_token_id=0, eos_token_id=1, pad_token="<pad>", eos_token="<eos>")
         return setup_mod.ModelBundle(model, tok, None, "gemma3", {"architecture": "gemma3", "synthetic": shape})
 

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _bench_suite as suite  # noqa: E402
+import _bench_suite as suite
 
 CPU_VARIANTS = ("ours", "ours-packed", "baseline")
 # variant -> TrainConfig changes (levers), for the GPU suite
@@ -135,7 +135,12 @@ def run_ours(args: argparse.Namespace, levers: dict) -> dict:
 def run_baseline(args: argparse.Namespace) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from llamaforge_tui.core.settings import Settings
     from llamaforge_tui.core.train import setup as train_setup
@@ -161,11 +166,11 @@ def run_baseline(args: argparse.Namespace) -> dict:
     tokens_of = [len(f["input_ids"]) for f in features]
 
     class Losses(TrainerCallback):
-        def on_log(self, _args, _state, _control, logs=None, **_kw):  # noqa: ANN001, ANN003
+        def on_log(self, _args, _state, _control, logs=None, **_kw):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
-        def on_step_end(self, _args, state, _control, **_kw):  # noqa: ANN001, ANN003
+        def on_step_end(self, _args, state, _control, **_kw):
             if args.device == "cuda":
                 torch.cuda.synchronize()
             marks.append((time.perf_counter(), state.global_step))
@@ -247,7 +252,7 @@ def run_variant(args: argparse.Namespace, variant: str, *, group: str, ref: bool
     row = {"group": group, "variant": variant, "ref": ref}
     started = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {**row, "ok": False, "error": f"timed out after {timeout:.0f} s"}
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)

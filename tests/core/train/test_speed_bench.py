@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import _bench_suite as suite  # noqa: E402
+import _bench_suite as suite
 
 
 def test_synthetic_examples_are_learnable_and_deterministic() -> None:
@@ -50,7 +50,7 @@ def test_table_shows_failed_variants_and_ratios(capsys: pytest.CaptureFixture[st
 @pytest.mark.slow
 def test_gpu_suite_smoke_runs_every_variant() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--smoke", "--verbose"],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+                          capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for variant in ("baseline", "ours", "ours-eager"):
         assert f"tiny        {variant}" in proc.stdout

@@ -9,17 +9,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llamaforge_tui.core.errors import ConfigError  # noqa: E402
-from llamaforge_tui.core.train import compile as compile_mod  # noqa: E402
-from llamaforge_tui.core.train import config as config_mod  # noqa: E402
-from llamaforge_tui.core.train import loss as loss_mod  # noqa: E402
-from llamaforge_tui.core.train.batching import Batch, Segment  # noqa: E402
-from llamaforge_tui.core.train.config import TrainConfig  # noqa: E402
-from tests.fixtures.train_models import make_tiny_llama  # noqa: E402
+from llamaforge_tui.core.errors import ConfigError
+from llamaforge_tui.core.train import compile as compile_mod
+from llamaforge_tui.core.train import config as config_mod
+from llamaforge_tui.core.train import loss as loss_mod
+from llamaforge_tui.core.train.batching import Batch, Segment
+from llamaforge_tui.core.train.config import TrainConfig
+from tests.fixtures.train_models import make_tiny_llama
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory):
     from transformers import AutoModelForCausalLM
 
     path = make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
@@ -102,7 +102,7 @@ def test_compiled_head_kernel_matches_eager(softcap: float | None) -> None:
 
 
 # -- bucketing -------------------------------------------------------------------------------------
-def test_bucketed_width_pads_without_targets_and_keeps_the_loss(tiny_lm) -> None:  # noqa: ANN001
+def test_bucketed_width_pads_without_targets_and_keeps_the_loss(tiny_lm) -> None:
     assert [compile_mod.bucket_width(w, 64) for w in (1, 64, 65, 130)] == [64, 64, 128, 192]
     assert compile_mod.bucket_width(37, 0) == 37
     batch = Batch(((Segment(tuple(range(5, 25)), tuple(range(6, 25)) + (-100,)),),
@@ -117,14 +117,14 @@ def test_bucketed_width_pads_without_targets_and_keeps_the_loss(tiny_lm) -> None
 
 
 # -- regional compile --------------------------------------------------------------------------------
-def test_decoder_layers_found_and_auto_stays_eager_on_cpu(tiny_lm) -> None:  # noqa: ANN001
+def test_decoder_layers_found_and_auto_stays_eager_on_cpu(tiny_lm) -> None:
     layers = compile_mod.decoder_layers(tiny_lm)
     assert len(layers) == tiny_lm.config.num_hidden_layers
     assert compile_mod.compile_layers(tiny_lm, "auto", "cpu") == (0, "compile: off (eager layers)")
     assert compile_mod.compile_layers(tiny_lm, "off", "cuda")[0] == 0
 
 
-def test_compile_without_a_compiler_says_so(tiny_lm, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_compile_without_a_compiler_says_so(tiny_lm, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shutil.which", lambda _name: None)
     count, note = compile_mod.compile_layers(tiny_lm, "on", "cpu")
     assert count == 0 and "no C++ compiler" in note
