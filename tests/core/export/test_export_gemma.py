@@ -115,12 +115,14 @@ def test_round_trip_without_training_f16_and_keep(gemma: Path, tmp_path: Path) -
     assert cmp_torch.top1_agreement >= 0.99 and cmp_torch.mean_kl <= 1e-4, cmp_torch
 
 
+@pytest.mark.timeout(1800)  # the first call per precision trains its run (minutes on a busy 2-core machine)
 @pytest.mark.parametrize("out_type", ["f16", "q8_0"])
 def test_trained_export_reproduces_the_answer(trained_runs: Callable[[str], Path], gemma: Path, out_type: str,
                                               tmp_path: Path, train_dtype: str) -> None:
     """Trained under each precision the trainer may pick on a CPU. Q8_0 is judged in parts (verify.judge_parts):
-    end to end, llama.cpp's Q8_0 differs from the merged model by KL 3.0e-2 here (AMD EPYC) and 1.1e-2 on an
-    Intel AMX Xeon, above the old 1e-3 gate on both; the file's own weights account for 5.7e-3 here."""
+    end to end, llama.cpp's Q8_0 differs from the merged model by KL 3.0e-2 here (AMD EPYC, fp32 run; top-1 95.6 %
+    and 3.5e-3 for the bf16 run) and 1.1e-2 on an Intel AMX Xeon, each failing the old end-to-end gate; the file's
+    own weights account for 5.7e-3 (fp32 run) and 1.5e-3 (bf16 run) of it, against a fine-tune effect of 7.2 / 8.2."""
     trained_run = trained_runs(train_dtype)
     result = export_run(trained_run, ExportOptions(out_type=out_type, verify=True, out_dir=tmp_path, name="vault"))
     v = result.verification
