@@ -43,7 +43,9 @@ CUDA_CONTEXT = 600 * MIB  # the CUDA context and cuBLAS workspaces: outside max_
 # hidden size h, the MLP width ff, and the query and key/value widths. Fitted to Gemma 3 and Llama shapes.
 FP32_SAVED_PER_H = 8.0
 SAVED_PER_H, SAVED_PER_FF, SAVED_PER_Q, SAVED_PER_KV = 4.0, 5.5, 5.0, 4.0
-HEAD_TEMPORARIES = 3  # one chunk of logits: the matmul's output, its fp32 softmax, the gradient
+# One chunk of logits at its peak: the matmul's output, the fp32 softmax and the gradient, partly in place.
+# Measured (Gemma 3's 262k vocabulary, 256-row chunks): ~8 bytes per logit in fp32, ~9 under bf16.
+HEAD_BYTES_PER_LOGIT = 9
 
 
 class OutOfMemoryRisk(LlamaForgeError):
@@ -175,7 +177,7 @@ def head_bytes(config: Any, label_rows: int, dtype_size: int, *, chunk_rows: int
         budget = (256 if device.startswith("cpu") else 512) * MIB
         chunk_rows = max(16, budget // (4 * max(vocab, 1)))
     rows = min(max(label_rows, 0), chunk_rows)
-    return int(rows * vocab * (dtype_size + 4 * (HEAD_TEMPORARIES - 1)) + 2 * label_rows * h * 4)
+    return int(rows * vocab * HEAD_BYTES_PER_LOGIT + 2 * label_rows * h * 4)
 
 
 def runtime_bytes(config: Any, device: str) -> int:
