@@ -25,6 +25,8 @@ from llamaforge_tui.tui.widgets.eval_table import EvalTable
 from llamaforge_tui.tui.widgets.runs_list import RunsList
 from train_helpers import screen_text, show_train, wait_for
 
+EVAL_COLUMN = 2  # the Runs list: run, status, eval, step, loss
+
 
 def _result(run_dir: Path, em: float = 0.875) -> EvalResult:
     return EvalResult(run=run_dir.name, path=str(run_dir), split="eval", examples=8, generated=8,
@@ -99,7 +101,7 @@ async def test_table_shows_the_highlighted_runs_evaluation(tmp_path: Path, size:
     async with app.run_test(size=size) as pilot:
         runs = await _show_runs(app, pilot)
         table = app.query_one(EvalTable)
-        eval_column = {r.run_id: str(runs.get_row_at(i)[-1]) for i, r in enumerate(runs.runs)}
+        eval_column = {r.run_id: str(runs.get_row_at(i)[EVAL_COLUMN]) for i, r in enumerate(runs.runs)}
         assert eval_column == {"run-a": "EM 0→88%", "run-b": "-"}
 
         runs.move_cursor(row=_row(runs, "run-a"))
@@ -154,7 +156,7 @@ async def test_evaluate_to_the_end_updates_table_and_column(tmp_path: Path) -> N
         await wait_for(pilot, lambda: table.data is not None and table.data.get("generated") == 8,
                        what="the new evaluation shown")
         assert (run_dir / EVAL_FILE).exists() and "50.0%" in screen_text(app)
-        await wait_for(pilot, lambda: str(runs.get_row_at(_row(runs, "run-a"))[-1]) == "EM 0→50%",
+        await wait_for(pilot, lambda: str(runs.get_row_at(_row(runs, "run-a"))[EVAL_COLUMN]) == "EM 0→50%",
                        what="the runs list's eval column refreshed")
         assert runs.current_run() == run_dir and table.run_dir == run_dir  # the reload kept the cursor
 

@@ -17,6 +17,8 @@ from tests.fixtures.export_runs import make_run, write_chat_jsonl
 from tests.fixtures.train_models import make_tiny_llama, one_thread  # noqa: F401
 from train_helpers import screen_text, show_train, wait_for
 
+EVAL_COLUMN = 2  # the Runs list: run, status, eval, step, loss
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
@@ -41,4 +43,4 @@ async def test_b_evaluates_a_real_run(tmp_path: Path) -> None:
         assert record["base"]["loss"] != record["tuned"]["loss"]
         text = screen_text(app)
         assert "exact match" in text and "ROUGE-L" in text and f"{record['tuned']['loss']:.4f}" in text
-        await wait_for(pilot, lambda: str(runs.get_row_at(0)[-1]).startswith("EM "), what="the eval column")
+        await wait_for(pilot, lambda: str(runs.get_row_at(0)[EVAL_COLUMN]).startswith("EM "), what="the eval column")

@@ -46,7 +46,7 @@ class RunsList(RunsActions, DataTable):
         self.marked: list[Path] = []
 
     def on_mount(self) -> None:
-        self.add_columns("run", "status", "step", "loss", "eval")
+        self.add_columns("run", "status", "eval", "step", "loss")  # eval before the numbers: visible in 52 columns
         self.reload()
 
     def reload(self) -> None:
@@ -69,8 +69,8 @@ class RunsList(RunsActions, DataTable):
         self.clear()
         for run in self.runs:
             loss = "-" if run.final_loss is None else f"{run.final_loss:.4f}"
-            self.add_row(Text(run.run_id), Text(run.status), Text(f"{run.step}/{run.total_steps}"), Text(loss),
-                         Text(message.evals.get(str(run.path), "-")), key=str(run.path))
+            self.add_row(Text(run.run_id), Text(run.status), Text(message.evals.get(str(run.path), "-")),
+                         Text(f"{run.step}/{run.total_steps}"), Text(loss), key=str(run.path))
         self.apply_marks()
         keys = [r.path for r in self.runs]
         if before in keys:
