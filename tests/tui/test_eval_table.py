@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import TabbedContent
+from train_helpers import screen_text, show_train, wait_for
 
 from llamaforge_tui.core.infer.evaluate import (
     EVAL_FILE,
@@ -19,11 +20,15 @@ from llamaforge_tui.core.infer.evaluate import (
 )
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.core.train.config import TrainConfig
-from llamaforge_tui.core.train.events import EvalSummary, EventLog, RunFinished, RunStarted
+from llamaforge_tui.core.train.events import (
+    EvalSummary,
+    EventLog,
+    RunFinished,
+    RunStarted,
+)
 from llamaforge_tui.tui.app import Services, make_app
 from llamaforge_tui.tui.widgets.eval_table import EvalTable
 from llamaforge_tui.tui.widgets.runs_list import RunsList
-from train_helpers import screen_text, show_train, wait_for
 
 EVAL_COLUMN = 2  # the Runs list: run, status, eval, step, loss
 
@@ -76,7 +81,7 @@ class FakeEvaluate:
 
 def _app(root: Path, fake: FakeEvaluate | None = None):
     settings = Settings(runs_dir=str(root))
-    return make_app(settings, Services(gpu_sampler=lambda: [], extra={"evaluate_run": fake} if fake else {}))
+    return make_app(settings, Services(gpu_sampler=list, extra={"evaluate_run": fake} if fake else {}))
 
 
 async def _show_runs(app, pilot) -> RunsList:

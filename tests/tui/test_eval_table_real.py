@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import TabbedContent
+from train_helpers import screen_text, show_train, wait_for
 
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.app import Services, make_app
@@ -15,7 +16,6 @@ from llamaforge_tui.tui.widgets.eval_table import EvalTable
 from llamaforge_tui.tui.widgets.runs_list import RunsList
 from tests.fixtures.export_runs import make_run, write_chat_jsonl
 from tests.fixtures.train_models import make_tiny_llama, one_thread  # noqa: F401
-from train_helpers import screen_text, show_train, wait_for
 
 EVAL_COLUMN = 2  # the Runs list: run, status, eval, step, loss
 
@@ -26,7 +26,7 @@ async def test_b_evaluates_a_real_run(tmp_path: Path) -> None:
     model = make_tiny_llama(tmp_path / "model")
     run_dir = make_run(tmp_path / "runs" / "tiny-run", str(model), weights="gguf",
                        data=write_chat_jsonl(tmp_path / "qa.jsonl"), scale=0.2)
-    app = make_app(Settings(runs_dir=str(tmp_path / "runs")), Services(gpu_sampler=lambda: []))
+    app = make_app(Settings(runs_dir=str(tmp_path / "runs")), Services(gpu_sampler=list))
     async with app.run_test(size=(120, 40)) as pilot:
         await show_train(app, pilot)
         app.query_one("#train-side-tabs", TabbedContent).active = "train-runs-tab"

@@ -181,7 +181,6 @@ def evaluate_run(run: str | Path, settings: Settings | None = None, *, limit: in
     own = session is None
     if session is None:
         from llamaforge_tui.core.infer.session import RunSession
-
         from llamaforge_tui.core.settings import Settings as _Settings
         from llamaforge_tui.core.train import runs
 

@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llamaforge_tui.core.train.batching import Batch, ExampleLike, plan_epoch, to_segments
+from llamaforge_tui.core.train.batching import (
+    Batch,
+    ExampleLike,
+    plan_epoch,
+    to_segments,
+)
 
 # exp() of a mean loss above this overflows a float; such a perplexity is reported as infinite.
 _MAX_LOG_PPL = 700.0
@@ -41,7 +46,7 @@ class LossTotals:
 
 def perplexity(mean_loss: float | None) -> float | None:
     """exp(mean token loss), in nats; infinite past float range, None for no loss."""
-    if mean_loss is None or mean_loss != mean_loss:
+    if mean_loss is None or math.isnan(mean_loss):
         return None
     return math.exp(mean_loss) if mean_loss < _MAX_LOG_PPL else math.inf
 

@@ -23,7 +23,12 @@ from textual.widgets import Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.infer.eval_format import aligned, from_summary, split_text, table_rows
+from llamaforge_tui.core.infer.eval_format import (
+    aligned,
+    from_summary,
+    split_text,
+    table_rows,
+)
 
 EvaluateFn = Callable[..., Any]  # core.infer.evaluate.evaluate_run(run, settings, *, progress, stop_event)
 HINT = "b evaluates base vs tuned on the run's eval data"

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from llamaforge_tui.core.infer.evaluate import EVAL_FILE, EvalCancelled, EvalProgress, evaluate_run, read_eval
+from llamaforge_tui.core.infer.evaluate import (
+    EVAL_FILE,
+    EvalCancelled,
+    EvalProgress,
+    evaluate_run,
+    read_eval,
+)
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.core.train import trainer
 from llamaforge_tui.core.train.config import TrainConfig
