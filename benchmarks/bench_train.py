@@ -122,6 +122,10 @@ def run_ours(args: argparse.Namespace, levers: dict) -> dict:
 
     if loss_mod._KERNELS.get("failed"):
         notes.append("compiled head kernel FAILED, fell back to eager")
+    elif "compiled" in loss_mod._KERNELS:
+        notes.append("head kernel: compiled")
+    else:
+        notes.append("head kernel: eager")
     tokens = sum(s.tokens for s in steps)
     elapsed = steps[-1].elapsed_seconds
     label_fraction = args.label_fraction or 0.5
