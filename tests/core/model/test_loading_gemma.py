@@ -92,14 +92,14 @@ def f32_copy(gemma: Path, loaded: LoadedModel, tmp_path_factory: pytest.TempPath
     """Our loaded weights written back as an F32 GGUF (arch.py's inverse transforms, the source's metadata)."""
     from gguf import GGMLQuantizationType as Q
 
-    from llamaforge_tui.core.gguf import arch
+    from llamaforge_tui.core.gguf.tensor_names import hf_tensor_to_gguf
     from llamaforge_tui.core.gguf.file import GgufFile
     from llamaforge_tui.core.gguf.writer import TensorPlan, kv, kv_from_gguf, write_gguf
 
     config = loaded.model.config
     plans = []
     for hf_name, value in loaded.model.state_dict().items():
-        name, tensor = arch.hf_tensor_to_gguf("gemma3", hf_name, value.float(), config)
+        name, tensor = hf_tensor_to_gguf("gemma3", hf_name, value.float(), config)
         if name is None:
             continue
         array = tensor.contiguous().numpy()
