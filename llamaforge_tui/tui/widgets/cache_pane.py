@@ -40,9 +40,11 @@ from llamaforge_tui.core.hub.cache import (
 )
 from llamaforge_tui.core.hub.download import DownloadCancelled, DownloadProgress, download_repo
 from llamaforge_tui.tui.screens.confirm_delete import ConfirmDelete
+from llamaforge_tui.tui.widgets.table_fit import fit_table
 from llamaforge_tui.tui.widgets.cache_text import complete_label, repo_details, short_date
 from llamaforge_tui.tui.widgets.download_progress import DownloadProgressView
 
+NARROW_WIDTH = 100  # below this the details go under the table
 # (column key, title, sort key, numbers/dates sort biggest/newest first)
 COLUMNS: tuple[tuple[str, str, Any, bool], ...] = (
     ("repo", "Repo", lambda r: r.repo_id.lower(), False),
@@ -126,6 +128,14 @@ class CachePane(Vertical):
         self._build_columns()
         self.action_refresh()
 
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < NARROW_WIDTH, "-narrow")  # details under the table, not beside it
+        self.call_after_refresh(self._fit_columns)
+
+    def _fit_columns(self) -> None:
+        """The repo name shrinks (with an ellipsis) so every column shows; sizes keep their units."""
+        fit_table(self.query_one("#cache-table", DataTable), [key == "repo" for key, *_ in COLUMNS])
+
     def focus_target(self) -> Widget:
         """Where the app puts the keyboard when this pane is shown: arrow keys move in the repo table."""
         return self.query_one("#cache-table", DataTable)
@@ -186,9 +196,10 @@ class CachePane(Vertical):
         previous = self.selected
         self._build_columns()
         for repo in self.sorted_repos():
-            table.add_row(Text(repo.repo_id), Text(repo.repo_type), Text(human_bytes(repo.size_bytes), justify="right"),
+            table.add_row(Text(repo.repo_id, no_wrap=True, overflow="ellipsis"), Text(repo.repo_type), Text(human_bytes(repo.size_bytes), justify="right"),
                           Text(str(len(repo.revisions)), justify="right"), Text(complete_label(repo)),
                           Text(short_date(repo.last_modified)), Text(short_date(repo.last_accessed)), key=self._key(repo))
+        self._fit_columns()
         if table.row_count == 0:
             self._select(None)
             return

@@ -26,8 +26,10 @@ from llamaforge_tui.core.fsutil import human_bytes, safe_text
 from llamaforge_tui.core.model.basemodel import scan_models
 from llamaforge_tui.core.ollama.store import OllamaModel, ServerStatus, StoreScan, server_status
 from llamaforge_tui.tui.screens.base_override import BaseOverrideScreen
+from llamaforge_tui.tui.widgets.table_fit import fit_table
 from llamaforge_tui.tui.widgets.models_actions import ModelActions, ModelsTable
 
+SHRINKABLE_COLUMNS = (True, False, False, False, False, False, True)  # name ... HF base: the long ones
 NARROW_WIDTH = 100  # below this the details go under the table instead of beside it
 # Other panes follow the selection (the Dataset pane loads a tokenizer), so tell them only once the
 # cursor rests, not for every row an arrow key passes over.
@@ -196,6 +198,11 @@ class ModelsPane(ModelActions, Vertical):
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < NARROW_WIDTH, "-narrow")
+        self.call_after_refresh(self._fit_columns)
+
+    def _fit_columns(self) -> None:
+        """Name and HF base shrink (with an ellipsis) so every column shows; sizes keep their units."""
+        fit_table(self.query_one("#models-table", DataTable), SHRINKABLE_COLUMNS)
 
     def focus_target(self) -> Widget:
         """Where the app puts the keyboard when the pane is shown."""
@@ -272,6 +279,7 @@ class ModelsPane(ModelActions, Vertical):
         self._shown = [m for m in self.models if self._matches(m)]
         for i, model in enumerate(self._shown):
             table.add_row(*row_cells(model), key=str(i))
+        self._fit_columns()
         if not self._shown:
             self._select(None)
             if not self.models:
