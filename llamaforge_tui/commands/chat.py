@@ -124,8 +124,9 @@ def _repl(args: argparse.Namespace, backend: Any, options: Any) -> int:
             print(REPL_HELP, flush=True)
             continue
         try:
-            _interruptible(lambda stop, t=text: ask(backend, history, t, options, compare=args.compare,
-                                                    on_token=printer.token, stop_event=stop, on_done=printer.done))
+            _interruptible(lambda stop, t=text, o=options: ask(backend, history, t, o, compare=args.compare,
+                                                               on_token=printer.token, stop_event=stop,
+                                                               on_done=printer.done))
         except LlamaForgeError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
     return 0
@@ -155,7 +156,7 @@ def _interruptible(work: Any) -> Any:
     return box.get("result")
 
 
-_CONTROL = {c: "\ufffd" for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROL = {c: "\ufffd" for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, *range(0x80, 0xA0))}
 
 
 def printable(text: str) -> str:

@@ -1,4 +1,4 @@
-"""The Textual application shell: four panes in tabs, global bindings, command palette entries.
+"""The Textual application shell: the panes in tabs, global bindings, command palette entries.
 
 The app is built by ``make_app(settings, services)``: the CLI passes real settings and services, tests
 pass fakes. Panes read shared state from the app's reactives (attributes go down) and report

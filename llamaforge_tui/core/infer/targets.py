@@ -142,6 +142,18 @@ def gguf_target(path: Path, text: str, settings: Settings | None) -> ChatTarget:
     return ChatTarget("gguf", text, path.name, path=path, modelfile=modelfile)
 
 
+def run_dir_of(target: ChatTarget | None) -> Path | None:
+    """The run behind a target: the run itself, or the run folder an export lives in (for its eval prompts)."""
+    if target is None or target.path is None:
+        return None
+    if target.kind == "run":
+        return target.path
+    for parent in Path(target.text).expanduser().resolve().parents:
+        if (parent / "config.toml").is_file():
+            return parent
+    return None
+
+
 def list_targets(settings: Settings | None = None) -> list[ChatTarget]:
     """Runs with an adapter (newest first), their exports, then the Ollama store's models. Never raises: what
     cannot be read is left out (and logged)."""

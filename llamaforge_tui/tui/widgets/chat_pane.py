@@ -27,12 +27,15 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.infer.chat import ChatHistory, ChatOptions, ask, save_transcript
-from llamaforge_tui.core.infer.targets import ChatTarget
+from llamaforge_tui.core.infer.chat import (
+    ChatHistory,
+    ChatOptions,
+    ask,
+    save_transcript,
+)
+from llamaforge_tui.core.infer.targets import ChatTarget, run_dir_of
 from llamaforge_tui.tui.widgets.chat_column import ChatColumn
-
-SETTINGS = (("system", "System prompt"), ("temperature", "Temp"), ("top_p", "Top-p"), ("max_tokens", "Max tokens"),
-            ("seed", "Seed"))
+from llamaforge_tui.tui.widgets.chat_settings import ChatSettings
 
 
 class ChatPane(Vertical):
@@ -94,11 +97,7 @@ class ChatPane(Vertical):
         with Horizontal(id="chat-top"):
             yield Select([], prompt="pick a run, an export or an Ollama model", id="chat-target", allow_blank=True)
             yield Checkbox("compare with base", id="chat-compare")
-        with Horizontal(id="chat-settings"):
-            for key, label in SETTINGS:
-                field = Input(placeholder=label, id=f"chat-{key.replace('_', '-')}", classes="chat-setting")
-                field.border_title = label
-                yield field
+        yield ChatSettings(id="chat-settings")
         with Horizontal(id="chat-columns"):
             yield ChatColumn("tuned", "tuned", id="chat-tuned")
             yield ChatColumn("base", "base (adapter off)", id="chat-base")
@@ -109,6 +108,10 @@ class ChatPane(Vertical):
     def on_mount(self) -> None:
         self.query_one("#chat-base", ChatColumn).display = False
         self.query_one("#chat-reference", Static).display = False
+        self.action_refresh_targets()
+
+    def on_show(self) -> None:
+        """Each visit re-lists the targets: a run trained (or an export written) meanwhile shows up at once."""
         self.action_refresh_targets()
 
     def focus_target(self) -> Widget:
@@ -219,10 +222,7 @@ class ChatPane(Vertical):
             self.notify(message.error, title="Chat", severity="error", markup=False)
             return
         self.backend = message.backend
-        d = self.backend.defaults
-        for key, value in (("system", d.system), ("temperature", d.temperature), ("top_p", d.top_p),
-                           ("max_tokens", d.max_tokens), ("seed", d.seed)):
-            self.query_one(f"#chat-{key.replace('_', '-')}", Input).value = str(value)
+        self.query_one(ChatSettings).fill(self.backend.defaults)
         tuned, base = self._columns()
         tuned.set_title(self.backend.side_label("tuned"))
         base.set_title(self.backend.side_label("base"))
@@ -231,15 +231,7 @@ class ChatPane(Vertical):
 
     # -- options ------------------------------------------------------------------------------------------------------
     def options(self) -> ChatOptions:
-        def value(key: str) -> str:
-            return self.query_one(f"#chat-{key.replace('_', '-')}", Input).value.strip()
-
-        try:
-            return ChatOptions(max_tokens=int(value("max_tokens") or 256), temperature=float(value("temperature") or 0),
-                               top_p=float(value("top_p") or 1), seed=int(value("seed") or 0),
-                               system=value("system")).check()
-        except ValueError as exc:
-            raise LlamaForgeError(f"check the settings: {exc}") from None
+        return self.query_one(ChatSettings).options()
 
     @on(Checkbox.Changed, "#chat-compare")
     def _sync_compare(self) -> None:
@@ -360,7 +352,7 @@ class ChatPane(Vertical):
 
     def action_example(self) -> None:
         """Fill the prompt with the next example of the run's eval split (or training data), reference below."""
-        run_dir = self._run_dir_of(self.target)
+        run_dir = run_dir_of(self.target)
         if run_dir is None:
             self._status("eval prompts come from a run: pick a run or one of its exports")
             return
@@ -383,33 +375,19 @@ class ChatPane(Vertical):
                             f"{example.reference}")
         prompt.focus()
 
-    @staticmethod
-    def _run_dir_of(target: ChatTarget | None) -> Path | None:
-        if target is None or target.path is None:
-            return None
-        if target.kind == "run":
-            return target.path
-        for parent in Path(target.text).expanduser().resolve().parents:  # an export inside a run folder
-            if (parent / "config.toml").is_file():
-                return parent
-        return None
-
     @work(thread=True, group="chat-examples", exclusive=True, exit_on_error=False, name="chat-examples",
           description="reading the run's eval examples")
     def _load_examples(self, key: str) -> None:
+        from llamaforge_tui.core.infer.session import examples_for
+
         fn = self._extra("chat_examples")
         try:
             if fn is not None:
                 split, examples = fn(key)
-            elif self.backend is not None and getattr(self.backend, "session", None) is not None \
-                    and str(self.backend.session.run_dir) == key:
-                with self._backend_lock:
-                    split, examples = self.backend.session.examples()
             else:
-                from llamaforge_tui.core.infer.session import run_examples
-                from llamaforge_tui.core.train.config import TrainConfig
-
-                split, examples = run_examples(TrainConfig.from_file(Path(key) / "config.toml"))
+                with self._backend_lock:
+                    session = getattr(self.backend, "session", None)
+                    split, examples = examples_for(Path(key), getattr(self.app, "settings", None), session)
         except LlamaForgeError as exc:
             self.post_message(self.ExamplesReady(key, "", [], str(exc)))
             return

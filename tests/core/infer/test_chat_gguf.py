@@ -19,16 +19,22 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("llama_cpp")
 
-from llamaforge_tui.core.export.exporter import ExportOptions, export_run  # noqa: E402
-from llamaforge_tui.core.infer.chat import ChatHistory, ChatOptions, GgufBackend, ask, open_backend  # noqa: E402
-from llamaforge_tui.core.infer.session import ChatError, RunSession  # noqa: E402
-from llamaforge_tui.core.infer.targets import parse_target  # noqa: E402
-from llamaforge_tui.core.ollama.template import render_ollama  # noqa: E402
-from llamaforge_tui.core.settings import Settings  # noqa: E402
-from tests.fixtures.chat_runs import FACTS, train_fact_run  # noqa: E402
-from tests.fixtures.ollama_store import StoreBuilder  # noqa: E402
-from tests.fixtures.tiny_models import session_factory  # noqa: E402
-from tests.fixtures.train_models import one_thread  # noqa: E402, F401
+from llamaforge_tui.core.export.exporter import ExportOptions, export_run
+from llamaforge_tui.core.infer.chat import (
+    ChatHistory,
+    ChatOptions,
+    GgufBackend,
+    ask,
+    open_backend,
+)
+from llamaforge_tui.core.infer.session import ChatError, RunSession
+from llamaforge_tui.core.infer.targets import parse_target
+from llamaforge_tui.core.ollama.template import render_ollama
+from llamaforge_tui.core.settings import Settings
+from tests.fixtures.chat_runs import FACTS, train_fact_run
+from tests.fixtures.ollama_store import StoreBuilder
+from tests.fixtures.tiny_models import session_factory
+from tests.fixtures.train_models import one_thread  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -57,8 +63,12 @@ def test_exported_gguf_answers_the_fact_like_the_run(exported: Path) -> None:
         try:
             assert backend.defaults.stop == ("<|im_end|>",)  # the Modelfile's stop PARAMETER
             pieces: list[str] = []
+
+            def on_token(side: str, piece: str, pieces: list[str] = pieces) -> None:
+                pieces.append(piece)
+
             result = ask(backend, ChatHistory(), question, ChatOptions(max_tokens=48, temperature=0.0),
-                         on_token=lambda side, piece: pieces.append(piece))["tuned"]
+                         on_token=on_token)["tuned"]
             assert result.text.strip() == answer == torch_text.strip()
             assert "".join(pieces) == result.text and result.finish == "stop" and result.tokens_per_second > 0
             with pytest.raises(ChatError, match="needs a run"):
@@ -126,6 +136,9 @@ def test_ollama_runs_of_every_gguf_weight_source_chat(weights: str, ollama_store
     assert answer.prompt_tokens == ids.shape[1] and answer.finish in ("stop", "length")
     split, examples = session.examples()
     assert split == "eval" and len(examples) == 2  # 8 records, eval split 0.25
+    from llamaforge_tui.core.infer.session import examples_for
+
+    assert examples_for(tmp_path / "run", settings) == (split, examples)  # tokenizer only, no weights
     if weights == "gguf-quantized":
         result = export_run(tmp_path / "run", ExportOptions(adapter=True, out_type="q8_0"), settings)
         assert result.adapter_path is not None
