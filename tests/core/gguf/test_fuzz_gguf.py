@@ -31,6 +31,7 @@ from fixtures.fuzz_inputs import (
     tensor_info,
 )
 from fixtures.gguf_factory import TinySpec, write_gguf
+from fixtures.ollama_store import gemma_gguf  # noqa: F401  (the shared session fixture)
 from llamaforge_tui.core.errors import GgufError
 from llamaforge_tui.core.gguf.file import GgufFile
 from llamaforge_tui.core.gguf.info import GgufSummary, SummaryCache, summarize, summarize_gguf
@@ -272,5 +273,3 @@ def test_mutated_gemma_headers_open_or_refuse(tmp_path: Path, gemma_gguf: Path) 
         open_or_refuse(path)
         path.unlink()
 
-
-from fixtures.ollama_store import gemma_gguf  # noqa: E402,F401  (the shared session fixture)
