@@ -113,6 +113,8 @@ class TrainPane(RunLifecycle, Vertical):
     def on_mount(self) -> None:
         self._log_handler = PanelLogHandler(self.query_one(LogPanel))
         logging.getLogger("llamaforge_tui").addHandler(self._log_handler)
+        if logging.getLogger().isEnabledFor(logging.DEBUG):  # --debug: libraries' warnings in the panel too
+            logging.getLogger("py.warnings").addHandler(self._log_handler)
         self.set_interval(REFRESH_SECONDS, self._refresh_if_stale, name="train-monitor-refresh")
         self.watch(self.app, "selected_model", self._prefill_model)
         self.watch(self.app, "selected_dataset", self._prefill_dataset)
@@ -141,6 +143,7 @@ class TrainPane(RunLifecycle, Vertical):
     def on_unmount(self) -> None:
         if self._log_handler is not None:
             logging.getLogger("llamaforge_tui").removeHandler(self._log_handler)
+            logging.getLogger("py.warnings").removeHandler(self._log_handler)
 
     def _prefill_model(self, model: Any) -> None:
         if model is not None and getattr(model, "full_name", None):
