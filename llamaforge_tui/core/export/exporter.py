@@ -280,16 +280,17 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
             raise ExportError("--adapter needs a GGUF or Ollama source: the adapter applies to that exact file. "
                               "This run trained on Hugging Face weights; export the merged GGUF instead")
         adapter_path = out_dir / "adapter.gguf"
+        from_ = run.ollama_model or str(Path(run.source["gguf_path"]).resolve())
+        spec = _modelfile_spec(run, settings, bundle, choice, from_, "./adapter.gguf")
+        spec.notes.append("ADAPTER support in Ollama varies by version; the merged GGUF (without --adapter) "
+                          "is the safe default")
+        modelfile_text = spec.render()  # before the (long) write: a Modelfile that cannot be written fails first
         with GgufFile(run.source["gguf_path"]) as src:
             shape, names = shape_of(src), {t.name for t in src.tensors}
         emit(ExportProgress("write", f"writing the LoRA adapter ({len(adapter.modules)} modules)"))
         size = write_adapter_gguf(adapter_path, adapter, shape, names, name=name, base_name=_base_name(run),
                                   description=meta["general.description"].value,
                                   progress=_emit_writer(emit, "adapter"))
-        from_ = run.ollama_model or str(Path(run.source["gguf_path"]).resolve())
-        spec = _modelfile_spec(run, settings, bundle, choice, from_, "./adapter.gguf")
-        spec.notes.append("ADAPTER support in Ollama varies by version; the merged GGUF (without --adapter) "
-                          "is the safe default")
     else:
         if run.gguf_based:
             with GgufFile(run.source["gguf_path"]) as src:
@@ -299,10 +300,11 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
         if not has_template and choice.template and not _is_text_data(run):
             meta["tokenizer.chat_template"] = kv(choice.template)  # the source lacked one: the training format
         gguf_path = out_dir / f"{name.replace('/', '-').replace(':', '-')}-{out_type}.gguf"
-        size = _write_merged(run, adapter, out_type, gguf_path, meta, emit, stop_event)
         spec = _modelfile_spec(run, settings, bundle, choice, f"./{gguf_path.name}", None)
+        modelfile_text = spec.render()  # before the (long) write: a Modelfile that cannot be written fails first
+        size = _write_merged(run, adapter, out_type, gguf_path, meta, emit, stop_event)
     modelfile_path = out_dir / "Modelfile"
-    atomic_write_text(modelfile_path, spec.render())
+    atomic_write_text(modelfile_path, modelfile_text)
     result = ExportResult(gguf_path, result_type, size, modelfile_path, adapter_path, name=name,
                           create_command=f"cd {out_dir} && {create_command(name, 'Modelfile')}")
     if options.verify:

@@ -192,3 +192,26 @@ def test_a_crash_in_verification_is_one_line_and_the_export_stays(llama_gguf_run
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "crashed with SIGSEGV during Q4_K_M quantization" in err and "Nothing was written" in err
     assert not list((tmp_path / "k").glob("*.gguf")) and not list((tmp_path / "k").glob(".*partial"))
+
+
+def test_a_modelfile_that_cannot_be_written_fails_before_the_gguf_is_written(
+        llama_gguf_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No lost work: the Modelfile is rendered (and refused) before the long tensor write, so nothing is left
+    half done and no multi-GB file is written for an export that then fails."""
+    from llamaforge_tui.core.export import exporter
+    from llamaforge_tui.core.gguf.writer import ExportError
+
+    class Unwritable:
+        notes: list[str] = []
+
+        def render(self) -> str:
+            raise ExportError('TEMPLATE holds """, which a Modelfile cannot quote')
+
+    writes: list[Path] = []
+    monkeypatch.setattr(exporter, "_modelfile_spec", lambda *a, **k: Unwritable())
+    monkeypatch.setattr(exporter, "_write_merged", lambda run, adapter, t, path, *a: writes.append(path) or 0)
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="cannot quote"):
+        exporter.export_run(llama_gguf_run, exporter.ExportOptions(out_type="f16", out_dir=str(out)))
+    assert writes == []
+    assert not any(out.glob("*.gguf")) and not (out / "Modelfile").exists()
