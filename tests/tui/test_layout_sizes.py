@@ -104,3 +104,27 @@ async def test_train_form_folds_away_while_a_run_trains_and_comes_back_on_c(tmp_
         gate.set()
         await wait_for(pilot, lambda: app.query_one("#train-pane").state.status == "finished", what="the run end")
         assert side.display
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_the_dataset_template_warning_is_shown_whole(tmp_path: Path, size: tuple[int, int]) -> None:
+    """The walkthrough's warning stopped mid-quote at 120 columns; it wraps now, whole."""
+    from tests.tui.test_dataset_pane import fake_loader, wait_dataset_workers
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}\n')
+    calls: list = []
+    app = make_app(Settings(), Services(extra={"render_context_loader": fake_loader(calls)}))
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("3")
+        pane = app.query_one("#dataset-pane")
+        pane.query_one("#dataset-model").value = "ollama:qwen2.5:0.5b"
+        pane.query_one("#dataset-model").focus()
+        await pilot.press("enter")
+        pane.open_dataset(str(data))
+        await wait_dataset_workers(pilot)
+        await pilot.pause(0.3)
+        message = pane.context.check.message
+        assert len(message) > size[0]  # longer than a line: it has to wrap to be whole
+        shown = " ".join(screen_text(app).split())
+        assert " ".join(message.split()) in shown
