@@ -14,11 +14,8 @@ import pytest
 from textual.widgets import Input, Label, Static
 
 from llamaforge_tui.core.infer.chat import ChatBackend
-from llamaforge_tui.core.infer.session import (
-    ChatExample,
-    Generation,
-    GenerationDefaults,
-)
+from llamaforge_tui.core.infer.generation import Generation, GenerationDefaults
+from llamaforge_tui.core.infer.run_data import ChatExample
 from llamaforge_tui.core.infer.targets import ChatTarget
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.tui.app import Services, make_app

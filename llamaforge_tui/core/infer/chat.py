@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.infer.session import (
+from llamaforge_tui.core.infer.generation import (
     ChatError,
     Generation,
     GenerationDefaults,
     Messages,
-    RunSession,
     check_messages,
     check_sampling,
 )
+from llamaforge_tui.core.infer.session import RunSession
 from llamaforge_tui.core.infer.targets import ChatTarget
 
 if TYPE_CHECKING:

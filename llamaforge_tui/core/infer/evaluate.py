@@ -33,7 +33,8 @@ from llamaforge_tui.core.fsutil import atomic_write_text
 from llamaforge_tui.core.infer.metrics import AnswerScores, mean_scores, score_answer
 
 if TYPE_CHECKING:
-    from llamaforge_tui.core.infer.session import ChatExample, RunSession
+    from llamaforge_tui.core.infer.run_data import ChatExample
+    from llamaforge_tui.core.infer.session import RunSession
     from llamaforge_tui.core.settings import Settings
     from llamaforge_tui.core.train.eval_loss import LossTotals
 
@@ -220,7 +221,7 @@ def _training_dtype(run_dir: Path, device: str) -> str:
 
 def _evaluate(session: RunSession, limit: int, general: Path | None, n_samples: int, report: _Reporter,
               stop_event: threading.Event) -> EvalResult:
-    from llamaforge_tui.core.infer.session import find_adapter, run_examples
+    from llamaforge_tui.core.infer.run_data import find_adapter, run_examples
 
     config = session.config
     report("data", 0, 0, f"encoding {config.data} as training did")
@@ -312,7 +313,7 @@ def _generate(session: RunSession, prompts: list[ChatExample], report: _Reporter
               stop_event: threading.Event) -> tuple[list[tuple[ChatExample, tuple[str, str], AnswerScores,
                                                                AnswerScores]], int]:
     """Greedy base and tuned answers to each prompt, scored. Prompts too long for the context are skipped."""
-    from llamaforge_tui.core.infer.session import ChatError
+    from llamaforge_tui.core.infer.generation import ChatError
 
     pairs = []
     skipped = 0

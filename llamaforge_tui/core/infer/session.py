@@ -40,13 +40,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llamaforge_tui.core.errors import ConfigError, LlamaForgeError
-from llamaforge_tui.core.infer.decoding import (  # re-exported: the session's building blocks
+from llamaforge_tui.core.errors import LlamaForgeError
+from llamaforge_tui.core.infer.decoding import (
     IncrementalDecoder,
     OnToken,
     StopStringFilter,
     next_token,
     stop_token_ids,
+)
+from llamaforge_tui.core.infer.generation import (
+    ChatError,
+    Generation,
+    GenerationDefaults,
+    Messages,
+    check_messages,
+    check_sampling,
+)
+from llamaforge_tui.core.infer.run_data import (
+    ChatExample,
+    find_adapter,
+    require_data,
+    run_examples,
 )
 
 if TYPE_CHECKING:
@@ -56,72 +70,6 @@ if TYPE_CHECKING:
     from llamaforge_tui.core.train.setup import DataBundle
 
 log = logging.getLogger(__name__)
-
-Messages = list[dict[str, str]]
-
-class ChatError(LlamaForgeError):
-    """A chat target cannot be loaded, or a prompt cannot be answered (too long, no adapter, ...)."""
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One answer. ``finish`` is ``stop`` (a stop token or string), ``length`` (max tokens or the context) or
-    ``cancelled`` (the stop event)."""
-
-    text: str
-    tokens: int
-    seconds: float
-    finish: str = "stop"
-    prompt_tokens: int = 0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "tokens": self.tokens, "tokens_per_second": round(self.tokens_per_second, 3),
-                "seconds": round(self.seconds, 4), "finish": self.finish, "prompt_tokens": self.prompt_tokens}
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """Sampling defaults: the Ollama model's PARAMETERs where it has them, else greedy."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 256
-    seed: int = 0
-    system: str = ""
-    stop: tuple[str, ...] = ()
-
-    @classmethod
-    def from_ollama(cls, params: dict[str, Any], system: str | None = None) -> GenerationDefaults:
-        """From an Ollama params layer (``{"temperature": 0.7, "stop": [...], "num_predict": 128}``)."""
-
-        def num(key: str, default: float) -> float:
-            value = params.get(key)
-            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
-
-        stop = params.get("stop")
-        stops = tuple(s for s in (stop if isinstance(stop, list) else [stop]) if isinstance(s, str) and s)
-        predict = int(num("num_predict", 256))
-        return cls(temperature=num("temperature", 0.8 if params else 0.0), top_p=num("top_p", 1.0),
-                   max_tokens=predict if predict > 0 else 256, seed=int(num("seed", 0)), system=system or "",
-                   stop=stops)
-
-
-@dataclass(frozen=True)
-class ChatExample:
-    """A prompt from a dataset (every turn before the last reply) and the reply it was trained towards."""
-
-    messages: tuple[dict[str, str], ...]
-    reference: str
-    line: int = 0
-
-    @property
-    def prompt(self) -> str:
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
-
 
 # -- the session ----------------------------------------------------------------------------------------------------
 @dataclass
@@ -293,7 +241,7 @@ class RunSession:
         """The run's dataset encoded and split exactly as training did (same template, seed and eval split)."""
         from llamaforge_tui.core.train.setup import ModelBundle, prepare_data
 
-        _require_data(self.config)
+        require_data(self.config)
         bundle = ModelBundle(self.model, self.tokenizer, self.chat_template_source, self.architecture,
                              self.description, self.ollama_template)
         return prepare_data(self.config, bundle)
@@ -318,51 +266,12 @@ class RunSession:
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
-def find_adapter(run_dir: Path) -> tuple[Path, str]:
-    """The run's adapter: ``adapter/`` once training saved it, else the latest complete checkpoint's."""
-    from llamaforge_tui.core.train import checkpoint, runs
-
-    final = run_dir / runs.ADAPTER_DIR
-    if (final / "adapter_config.json").is_file():
-        return final, "final adapter"
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is not None and (latest / checkpoint.ADAPTER_SUBDIR / "adapter_config.json").is_file():
-        return latest / checkpoint.ADAPTER_SUBDIR, f"checkpoint {latest.name}"
-    raise ChatError(f"run {run_dir.name} has no adapter yet: it is saved at the end of training and at each "
-                    "checkpoint (--save-every)")
-
-
-def check_messages(messages: Messages) -> None:
-    if not messages:
-        raise ChatError("nothing to answer: the conversation is empty")
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(m.get("content"), str):
-            raise ChatError(f"not a chat message: {m!r} (expected role system/user/assistant and text content)")
-    if messages[-1]["role"] != "user":
-        raise ChatError("the conversation must end with a user message to be answered")
-
-
-def check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
-    if max_tokens < 1:
-        raise ChatError(f"max tokens must be at least 1, got {max_tokens}")
-    if temperature < 0:
-        raise ChatError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ChatError(f"top-p must be in (0, 1], got {top_p}")
-
-
 def _device_of(model: Any) -> Any:
     import torch
 
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
-
-
-def _require_data(config: TrainConfig) -> None:
-    if not config.data or not Path(config.data).expanduser().is_file():
-        raise ConfigError(f"the run's training data {config.data or '(none)'} is gone")
 
 
 def _ollama_defaults(source: str, settings: Settings | None) -> GenerationDefaults | None:
@@ -376,49 +285,3 @@ def _ollama_defaults(source: str, settings: Settings | None) -> GenerationDefaul
     except (LlamaForgeError, OSError) as exc:
         log.info("no Ollama parameters for %s: %s", source, exc)
         return None
-
-
-def run_examples(config: TrainConfig, *, limit: int | None = None,
-                 eval_lines: set[int] | None = None) -> tuple[str, list[ChatExample]]:
-    """Conversations of the run's data cut before their last reply: those on ``eval_lines`` (the eval split) when
-    given and not empty, else all of them (labelled ``train``)."""
-    from llamaforge_tui.core.data.dataset import load_dataset
-    from llamaforge_tui.core.data.records import Conversation
-
-    _require_data(config)
-    loaded = load_dataset(config.data, format=config.data_format)
-    split = "eval" if eval_lines else "train"
-    out: list[ChatExample] = []
-    for record in loaded.records:
-        if not isinstance(record, Conversation) or (eval_lines and record.line not in eval_lines):
-            continue
-        msgs = record.as_dicts()
-        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=-1)
-        if last < 1 or msgs[last - 1]["role"] != "user":
-            continue
-        out.append(ChatExample(tuple(msgs[:last]), msgs[last]["content"], record.line))
-        if limit is not None and len(out) >= limit:
-            break
-    return split, out
-
-
-def examples_for(run_dir: Path, settings: Settings | None = None, session: RunSession | None = None,
-                 limit: int | None = None) -> tuple[str, list[ChatExample]]:
-    """A run's prompts with references: its eval split (found exactly as training split it, which needs the
-    run's tokenizer but not its weights) or, without one, its training data. Reuses ``session`` when it holds
-    that run."""
-    from llamaforge_tui.core.train.config import TrainConfig
-
-    if session is not None and session.run_dir.resolve() == Path(run_dir).resolve():
-        return session.examples(limit)
-    config = TrainConfig.from_file(Path(run_dir) / "config.toml")
-    if config.eval_split <= 0:
-        return run_examples(config, limit=limit)
-    from llamaforge_tui.core.model.loading import load_tokenizer
-    from llamaforge_tui.core.train.setup import ModelBundle, prepare_data
-
-    _require_data(config)
-    tok = load_tokenizer(config.model, settings, config.weights)
-    bundle = ModelBundle(None, tok.tokenizer, tok.chat_template, tok.architecture, {}, tok.ollama_template)
-    eval_lines = {ex.line for ex in prepare_data(config, bundle).eval}
-    return run_examples(config, limit=limit, eval_lines=eval_lines)

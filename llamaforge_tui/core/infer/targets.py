@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.infer.session import ChatError
+from llamaforge_tui.core.infer.generation import ChatError
 
 if TYPE_CHECKING:
     from llamaforge_tui.core.settings import Settings
@@ -157,7 +157,7 @@ def run_dir_of(target: ChatTarget | None) -> Path | None:
 def list_targets(settings: Settings | None = None) -> list[ChatTarget]:
     """Runs with an adapter (newest first), their exports, then the Ollama store's models. Never raises: what
     cannot be read is left out (and logged)."""
-    from llamaforge_tui.core.infer.session import find_adapter
+    from llamaforge_tui.core.infer.run_data import find_adapter
     from llamaforge_tui.core.train import runs
 
     settings = _settings(settings)

@@ -145,7 +145,8 @@ class ChatPane(Vertical):
     @work(thread=True, group="chat-targets", exclusive=True, exit_on_error=False, name="chat-targets",
           description="listing chat targets")
     def _list_targets(self, train_run: Path | None) -> None:
-        from llamaforge_tui.core.infer.session import ChatError, find_adapter
+        from llamaforge_tui.core.infer.generation import ChatError
+        from llamaforge_tui.core.infer.run_data import find_adapter
         from llamaforge_tui.core.infer.targets import list_targets
 
         fn = self._extra("chat_list_targets") or list_targets
@@ -378,7 +379,7 @@ class ChatPane(Vertical):
     @work(thread=True, group="chat-examples", exclusive=True, exit_on_error=False, name="chat-examples",
           description="reading the run's eval examples")
     def _load_examples(self, key: str) -> None:
-        from llamaforge_tui.core.infer.session import examples_for
+        from llamaforge_tui.core.infer.run_data import examples_for
 
         fn = self._extra("chat_examples")
         try:

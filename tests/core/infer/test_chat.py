@@ -25,7 +25,7 @@ from llamaforge_tui.core.infer.chat import (  # noqa: E402
     ask,
     save_transcript,
 )
-from llamaforge_tui.core.infer.session import ChatError, Generation  # noqa: E402
+from llamaforge_tui.core.infer.generation import ChatError, Generation  # noqa: E402
 from llamaforge_tui.core.infer.targets import ChatTarget, list_targets, parse_target  # noqa: E402
 from llamaforge_tui.core.settings import Settings  # noqa: E402
 from tests.fixtures.chat_runs import FACTS, train_fact_run  # noqa: E402

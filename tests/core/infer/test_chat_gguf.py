@@ -27,7 +27,8 @@ from llamaforge_tui.core.infer.chat import (
     ask,
     open_backend,
 )
-from llamaforge_tui.core.infer.session import ChatError, RunSession
+from llamaforge_tui.core.infer.generation import ChatError
+from llamaforge_tui.core.infer.session import RunSession
 from llamaforge_tui.core.infer.targets import parse_target
 from llamaforge_tui.core.ollama.template import render_ollama
 from llamaforge_tui.core.settings import Settings
@@ -136,7 +137,7 @@ def test_ollama_runs_of_every_gguf_weight_source_chat(weights: str, ollama_store
     assert answer.prompt_tokens == ids.shape[1] and answer.finish in ("stop", "length")
     split, examples = session.examples()
     assert split == "eval" and len(examples) == 2  # 8 records, eval split 0.25
-    from llamaforge_tui.core.infer.session import examples_for
+    from llamaforge_tui.core.infer.run_data import examples_for
 
     assert examples_for(tmp_path / "run", settings) == (split, examples)  # tokenizer only, no weights
     if weights == "gguf-quantized":

@@ -11,13 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llamaforge_tui.core.infer.session import (  # noqa: E402
-    ChatError,
-    GenerationDefaults,
-    IncrementalDecoder,
-    RunSession,
-    StopStringFilter,
-)
+from llamaforge_tui.core.infer.decoding import IncrementalDecoder, StopStringFilter  # noqa: E402
+from llamaforge_tui.core.infer.generation import ChatError, GenerationDefaults  # noqa: E402
+from llamaforge_tui.core.infer.session import RunSession  # noqa: E402
 from llamaforge_tui.core.settings import Settings  # noqa: E402
 from tests.fixtures.chat_runs import FACTS, train_fact_run  # noqa: E402
 from tests.fixtures.train_models import one_thread  # noqa: E402, F401
