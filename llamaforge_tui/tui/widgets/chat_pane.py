@@ -33,12 +33,13 @@ from llamaforge_tui.core.infer.chat import (
     ask,
     save_transcript,
 )
-from llamaforge_tui.core.infer.targets import ChatTarget, run_dir_of
+from llamaforge_tui.core.infer.targets import ChatTarget
 from llamaforge_tui.tui.widgets.chat_column import ChatColumn
+from llamaforge_tui.tui.widgets.chat_eval_prompts import ChatEvalPrompts
 from llamaforge_tui.tui.widgets.chat_settings import ChatSettings
 
 
-class ChatPane(Vertical):
+class ChatPane(ChatEvalPrompts, Vertical):
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="chat.stop"),
         Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate"),
@@ -347,67 +348,6 @@ class ChatPane(Vertical):
         for column in self._columns():
             column.show([(t.user, t.answers[column.side].text) for t in turns if column.side in t.answers],
                         keep_stats=keep_stats)
-
-    # -- eval prompts ---------------------------------------------------------------------------------------------------
-    _pending_example: str | None = None
-
-    def action_example(self) -> None:
-        """Fill the prompt with the next example of the run's eval split (or training data), reference below."""
-        run_dir = run_dir_of(self.target)
-        if run_dir is None:
-            self._status("eval prompts come from a run: pick a run or one of its exports")
-            return
-        key = str(run_dir)
-        if key not in self._examples:
-            self._status("reading the run's examples...")
-            self._load_examples(key)
-            return
-        split, examples = self._examples[key]
-        if not examples:
-            self._status("the run's data has no chat examples to prompt with")
-            return
-        pos = self._example_pos.get(key, 0)
-        example = examples[pos % len(examples)]
-        self._example_pos[key] = pos + 1
-        prompt = self.query_one("#chat-prompt", Input)
-        prompt.value = example.prompt
-        self._pending_example = example.prompt
-        self._set_reference(f"reference ({split} example {pos % len(examples) + 1}/{len(examples)}): "
-                            f"{example.reference}")
-        prompt.focus()
-
-    @work(thread=True, group="chat-examples", exclusive=True, exit_on_error=False, name="chat-examples",
-          description="reading the run's eval examples")
-    def _load_examples(self, key: str) -> None:
-        from llamaforge_tui.core.infer.run_data import examples_for
-
-        fn = self._extra("chat_examples")
-        try:
-            if fn is not None:
-                split, examples = fn(key)
-            else:
-                with self._backend_lock:
-                    session = getattr(self.backend, "session", None)
-                    split, examples = examples_for(Path(key), getattr(self.app, "settings", None), session)
-        except LlamaForgeError as exc:
-            self.post_message(self.ExamplesReady(key, "", [], str(exc)))
-            return
-        self.post_message(self.ExamplesReady(key, split, examples))
-
-    def on_chat_pane_examples_ready(self, message: ExamplesReady) -> None:
-        if message.error is not None:
-            self._status(f"no eval prompts: {message.error}")
-            return
-        self._examples[message.key] = (message.split, message.examples)
-        self.action_example()
-
-    def _set_reference(self, text: str | None) -> None:
-        self._reference = text
-        ref = self.query_one("#chat-reference", Static)
-        ref.update(Text(text or ""))
-        ref.display = text is not None
-        if text is None:
-            self._pending_example = None
 
     # -- transcripts ----------------------------------------------------------------------------------------------------
     def action_save(self) -> None:
