@@ -23,8 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llamaforge_tui.core.gpu_samplers import AutoGpuSampler  # noqa: E402
+from llamaforge_tui.core.model.memory import device_memory  # noqa: E402
 from llamaforge_tui.core.settings import Settings  # noqa: E402
-from llamaforge_tui.core.system import GpuUnavailable, memory_pool  # noqa: E402
+from llamaforge_tui.core.system import GpuUnavailable  # noqa: E402
 from llamaforge_tui.core.train import trainer  # noqa: E402
 from llamaforge_tui.core.train.config import TrainConfig  # noqa: E402
 from llamaforge_tui.core.train.device import describe_plan, plan_device, probe  # noqa: E402
@@ -56,7 +57,7 @@ def main() -> int:
     if "error" in report["plan"]:
         print(describe_plan(report["plan"]))
         return 1
-    free, total, label = memory_pool(report["plan"]["device"])
+    free, total, label = device_memory(report["plan"]["device"])
     report["memory_pool"] = {"label": label, "free_bytes": free, "total_bytes": total}
     gpus = AutoGpuSampler()()
     report["gauges"] = ({"unavailable": gpus.reason, "details": gpus.details} if isinstance(gpus, GpuUnavailable)

@@ -1,5 +1,5 @@
-"""GPU (NVML) and host (psutil) samples for the monitor: plain numbers plus a level enum, never renderables;
-and the memory pool a device trains in (VRAM, a Mac's unified memory, or RAM).
+"""GPU (NVML) and host (psutil) samples for the monitor: plain numbers plus a level enum, never renderables.
+(The memory pool a device trains in is ``core.model.memory.device_memory``.)
 
 Why this shape: the Train pane polls these every second for hours, over SSH, on machines that may have
 no NVIDIA driver at all. So every field is allowed to be unknown (``None`` -> "N/A"), fields that never
@@ -356,47 +356,3 @@ def sample_host(pid: int | None = None) -> HostSample:
         process_rss=rss,
         cpu_count=psutil.cpu_count(),
     )
-
-
-# -- the memory a device trains in ----------------------------------------------------------------------------------
-def memory_pool(device: Any = "cpu") -> tuple[int | None, int | None, str]:
-    """``(free bytes, total bytes, label)`` of the memory a run on ``device`` allocates from.
-
-    CUDA and ROCm GPUs: the GPU's VRAM (``torch.cuda.mem_get_info``; ROCm builds answer through the same call).
-    MPS: unified memory, so what the system has available, and no more than Metal's recommended working set
-    leaves beside what this process already holds there. CPU: available RAM. ``None`` where unknown.
-    """
-    text = str(device)
-    kind = str(getattr(device, "type", text.split(":")[0]))
-    if kind == "cuda":
-        index = None if isinstance(device, str) else getattr(device, "index", None)
-        if index is None and ":" in text:
-            index = int(text.split(":", 1)[1])
-        try:
-            import torch
-
-            free, total = torch.cuda.mem_get_info(index)
-            return int(free), int(total), "VRAM"
-        except (RuntimeError, AssertionError, ValueError):
-            return None, None, "VRAM"
-    vm = psutil.virtual_memory()
-    free, total = int(vm.available), int(vm.total)
-    if kind == "mps":
-        limit, held = _mps_working_set()
-        if limit is not None:
-            free = min(free, max(0, limit - (held or 0)))
-        return free, total, "unified memory"
-    return free, total, "RAM"
-
-
-def _mps_working_set() -> tuple[int | None, int | None]:
-    """(Metal's recommended max working set, what this process holds): torch 2.5+ on a Mac; else Nones."""
-    try:
-        import torch
-
-        if not torch.backends.mps.is_available():
-            return None, None
-        return int(torch.mps.recommended_max_memory()), int(torch.mps.driver_allocated_memory())
-    except (AttributeError, RuntimeError):
-        return None, None
-

@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from llamaforge_tui.core import gpu_samplers, system
+from llamaforge_tui.core import gpu_samplers
 from llamaforge_tui.core.gpu_samplers import AmdSmiSampler, AutoGpuSampler, MpsSampler
-from llamaforge_tui.core.system import GpuSample, GpuUnavailable, Level, NvmlSampler, memory_pool
+from llamaforge_tui.core.model import memory
+from llamaforge_tui.core.model.memory import device_memory
+from llamaforge_tui.core.system import GpuSample, GpuUnavailable, Level, NvmlSampler
 
 MIB = 1024**2
 
@@ -194,9 +196,9 @@ def test_real_auto_sampler_on_this_machine() -> None:
         assert all(isinstance(g, GpuSample) for g in result)
 
 
-# -- memory pool ----------------------------------------------------------------------------------------------------
+# -- memory pool (core.model.memory.device_memory) ----------------------------------------------------------------
 def test_memory_pool_cpu_is_ram() -> None:
-    free, total, label = memory_pool("cpu")
+    free, total, label = device_memory("cpu")
     assert label == "RAM" and total == psutil.virtual_memory().total and 0 < free <= total
 
 
@@ -210,16 +212,16 @@ def test_memory_pool_cuda_is_vram(monkeypatch: pytest.MonkeyPatch) -> None:
         return 5 * 10**9, 24 * 10**9
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
-    assert memory_pool("cuda:1") == (5 * 10**9, 24 * 10**9, "VRAM")
-    assert memory_pool(torch.device("cuda", 0))[2] == "VRAM" and asked == [1, 0]
-    assert memory_pool("cuda")[0] == 5 * 10**9 and asked[-1] is None
+    assert device_memory("cuda:1") == (5 * 10**9, 24 * 10**9, "VRAM")
+    assert device_memory(torch.device("cuda", 0))[2] == "VRAM" and asked == [1, 0]
+    assert device_memory("cuda")[0] == 5 * 10**9 and asked[-1] is None
 
 
 def test_memory_pool_cuda_real() -> None:
     """Without a GPU (this machine): unknown VRAM, never RAM passed off as VRAM. With one: the driver's figures."""
     import torch
 
-    free, total, label = memory_pool("cuda")
+    free, total, label = device_memory("cuda")
     assert label == "VRAM"
     if torch.cuda.is_available():  # pragma: no cover - GPU machines
         assert total and 0 < free <= total and total == torch.cuda.get_device_properties(0).total_memory
@@ -231,17 +233,15 @@ def test_memory_pool_mps_is_unified_memory_capped_by_metal(monkeypatch: pytest.M
     import torch
 
     vm = SimpleNamespace(available=30 * 10**9, total=64 * 10**9)
-    monkeypatch.setattr(system.psutil, "virtual_memory", lambda: vm)
+    monkeypatch.setattr(memory.psutil, "virtual_memory", lambda: vm)
     monkeypatch.setattr(torch.backends, "mps", SimpleNamespace(is_available=lambda: True))
     monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 48 * 10**9)
     monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 20 * 10**9)
-    assert memory_pool("mps") == (28 * 10**9, 64 * 10**9, "unified memory")  # Metal's share is the tighter
+    assert device_memory("mps") == (28 * 10**9, 64 * 10**9, "unified memory")  # Metal's share is the tighter
     monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 0)
-    assert memory_pool(torch.device("mps"))[0] == 30 * 10**9  # the system's available RAM is the tighter
+    assert device_memory(torch.device("mps"))[0] == 30 * 10**9  # the system's available RAM is the tighter
 
 
 def test_free_memory_in_the_estimate_uses_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    from llamaforge_tui.core.model import memory
-
-    monkeypatch.setattr(system, "memory_pool", lambda device: (123, 456, "unified memory"))
+    monkeypatch.setattr(memory, "device_memory", lambda device: (123, 456, "unified memory"))
     assert memory.free_memory("mps") == 123

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from llamaforge_tui.core.errors import LlamaForgeError
 from llamaforge_tui.core.fsutil import human_bytes
 
@@ -108,10 +110,8 @@ def fmt_bytes(n: int | float | None) -> str:
 
 def memory_pool(device: str | torch.device = "cpu") -> tuple[str, int | None]:
     """(name, free bytes) of the memory a run on ``device`` draws from: VRAM on CUDA and ROCm, unified memory on
-    MPS, RAM on the CPU. ``core.system.memory_pool`` decides, so the plan, the fit check and the gauges agree."""
-    from llamaforge_tui.core.system import memory_pool as pool
-
-    free, _total, name = pool(device)
+    MPS, RAM on the CPU. ``device_memory`` decides, so the plan, the fit check and the gauges agree."""
+    free, _total, name = device_memory(device)
     return name, free
 
 
@@ -290,3 +290,46 @@ def peak_rss_bytes() -> int | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+# -- the memory a device trains in ----------------------------------------------------------------------------------
+def device_memory(device: Any = "cpu") -> tuple[int | None, int | None, str]:
+    """``(free bytes, total bytes, label)`` of the memory a run on ``device`` allocates from.
+
+    CUDA and ROCm GPUs: the GPU's VRAM (``torch.cuda.mem_get_info``; ROCm builds answer through the same call).
+    MPS: unified memory, so what the system has available, and no more than Metal's recommended working set
+    leaves beside what this process already holds there. CPU: available RAM. ``None`` where unknown.
+    """
+    text = str(device)
+    kind = str(getattr(device, "type", text.split(":")[0]))
+    if kind == "cuda":
+        index = None if isinstance(device, str) else getattr(device, "index", None)
+        if index is None and ":" in text:
+            index = int(text.split(":", 1)[1])
+        try:
+            import torch
+
+            free, total = torch.cuda.mem_get_info(index)
+            return int(free), int(total), "VRAM"
+        except (RuntimeError, AssertionError, ValueError):
+            return None, None, "VRAM"
+    vm = psutil.virtual_memory()
+    free, total = int(vm.available), int(vm.total)
+    if kind == "mps":
+        limit, held = _mps_working_set()
+        if limit is not None:
+            free = min(free, max(0, limit - (held or 0)))
+        return free, total, "unified memory"
+    return free, total, "RAM"
+
+
+def _mps_working_set() -> tuple[int | None, int | None]:
+    """(Metal's recommended max working set, what this process holds): torch 2.5+ on a Mac; else Nones."""
+    try:
+        import torch
+
+        if not torch.backends.mps.is_available():
+            return None, None
+        return int(torch.mps.recommended_max_memory()), int(torch.mps.driver_allocated_memory())
+    except (AttributeError, RuntimeError):
+        return None, None

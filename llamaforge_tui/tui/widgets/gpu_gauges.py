@@ -222,7 +222,8 @@ class GpuGauges(Vertical):
     @property
     def free_accelerator_bytes(self) -> tuple[str, int | None]:
         """("VRAM", free bytes of the emptiest GPU), ("unified memory", what the Apple GPU can still take: no
-        more than the Mac has available) or ("RAM", available RAM): what a run can use (as ``memory_pool``)."""
+        more than the Mac has available) or ("RAM", available RAM): what a run can use
+        (as ``core.model.memory.device_memory``)."""
         host_free = self.last_host.ram_available if self.last_host else None
         if _apple(self.last_gpus):
             assert isinstance(self.last_gpus, list)
