@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", choices=("auto", "on", "off"), help="torch.compile the decoder layers "
                         "(auto: on for CUDA, off for CPU, as measured; falls back to eager if compiling fails)")
     parser.add_argument("--head-kernel", choices=("auto", "compiled", "eager"), help="the head loss's softmax "
-                        "kernel (auto: compiled on CPU, eager on GPU, as measured)")
+                        "kernel (auto: eager, as measured; compiled: fused by torch.compile)")
     parser.add_argument("--plan", action="store_true", help="print the plan (steps, memory estimate, fit, ETA) "
                         "without training")
     parser.add_argument("--eval-at-end", action=argparse.BooleanOptionalAction, default=None,

@@ -105,15 +105,13 @@ def _chunk_kernel(kind: str, device_type: str, vocab: int) -> Any:
 
 
 def default_head_compiled(device_type: str, vocab: int) -> bool:
-    """Measured (2-core EPYC, 256 x 262k bf16 chunk): the fused kernel took 1.45-1.69 s per chunk pair against
-    7.4-7.6 s eager (about 5x), for a one-off compile of 13 s with a warm inductor cache (70 s cold); so on
-    for big vocabularies (where the softmax passes cost seconds a step), off for small ones (the compile
-    would never pay). On CUDA the eager softmax is a small share of the step, so it stays off until a GPU
-    measurement says otherwise (bench_train --gpu times both)."""
-    return device_type == "cpu" and vocab >= MIN_VOCAB_TO_COMPILE
-
-
-MIN_VOCAB_TO_COMPILE = 32768
+    """What ``head_kernel = "auto"`` picks: eager everywhere, by measurement (2-core EPYC, Gemma's 262k head,
+    512 labelled rows, bf16, forward + gradient, ABBA pairs in one process): the in-place eager kernel takes
+    1.41-1.44 s where the former out-of-place one took 2.29-2.31 s, and the compiled kernel 1.17-2.97 s against
+    eager's 1.46-3.11 s, about 1.1-1.25x, which does not pay for its compile (8 s with a warm inductor cache,
+    70-117 s cold) nor its risk; end to end on the loaded machine the compiled run was even slower. Kept as
+    an option (``--head-kernel compiled``), for big vocabularies only when asked."""
+    return False
 
 
 def _run_chunk(kind: str, logits: torch.Tensor, targets: torch.Tensor,
