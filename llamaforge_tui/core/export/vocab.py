@@ -9,6 +9,7 @@ llama.cpp requires one token per embedding row.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from gguf import GGUFValueType
 
 from llamaforge_tui.core.gguf.writer import ExportError, KVEntry, kv
 
+log = logging.getLogger(__name__)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # llama.cpp pre-tokenizer names for byte-level BPE vocabularies, by GGUF architecture.
 BPE_PRE = {"llama": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2"}
@@ -122,11 +124,12 @@ def tokenizer_kv(model_dir: Path, gguf_arch: str, *, embedding_rows: int) -> dic
             tid = mcfg[f"{cfg_key}_id"]
         if tid is not None:
             out[f"tokenizer.ggml.{key}_token_id"] = kv(int(tid))
-    adds = _adds_special(model_dir, out)
-    for which in ("bos", "eos"):
-        flag = tcfg.get(f"add_{which}_token", adds.get(which))
-        if flag is not None:
-            out[f"tokenizer.ggml.add_{which}_token"] = kv(bool(flag))
+    # What llama.cpp (and so Ollama) adds around a prompt must be what training added: a BOS exactly when the
+    # tokenizer training used adds one, and never an EOS (training encodes prompts without the tokenizer's own
+    # special tokens, then inserts only that BOS). Both are always written: llama.cpp's defaults when a key is
+    # missing (a BOS for SentencePiece and llama-bpe vocabularies) are not the model's.
+    out["tokenizer.ggml.add_bos_token"] = kv(_adds_bos(model_dir, out, tcfg))
+    out["tokenizer.ggml.add_eos_token"] = kv(False)
     template = tcfg.get("chat_template")
     jinja = model_dir / "chat_template.jinja"
     if not template and jinja.is_file():
@@ -134,6 +137,28 @@ def tokenizer_kv(model_dir: Path, gguf_arch: str, *, embedding_rows: int) -> dic
     if isinstance(template, str) and template:
         out["tokenizer.chat_template"] = kv(template)
     return out
+
+
+def _adds_bos(model_dir: Path, meta: dict[str, KVEntry], tcfg: dict[str, Any]) -> bool:
+    """Whether training put a BOS before each prompt: as ``core.data.encode`` decides it, with the tokenizer
+    transformers loads from ``model_dir`` (its ``add_bos_token`` may differ from the config file's: transformers 5
+    follows tokenizer.json's post-processor). Without transformers: the tokenizers library, then the config."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+        bos = getattr(tok, "bos_token_id", None)
+        if bos is None:
+            return False
+        ids = tok("a", add_special_tokens=True)["input_ids"]
+        return bool(ids) and ids[0] == bos
+    except (ImportError, OSError, ValueError, KeyError, TypeError) as exc:
+        log.info("transformers cannot load the tokenizer of %s (%s): asking the tokenizers library", model_dir, exc)
+    if "tokenizer.ggml.bos_token_id" not in meta:
+        return False
+    adds = _adds_special(model_dir, meta)
+    flag = adds.get("bos", tcfg.get("add_bos_token"))
+    return bool(flag) if flag is not None else True  # a SentencePiece folder: Llama's tokenizer adds BOS
 
 
 def _adds_special(model_dir: Path, meta: dict[str, KVEntry]) -> dict[str, bool]:
