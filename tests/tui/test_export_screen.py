@@ -192,3 +192,31 @@ async def test_a_q8_0_verification_shows_its_parts_and_gates(tmp_path: Path) -> 
             parts = str(app.screen.query_one("#export-parts", Static).render())
             assert "gate top-1 >= 90%, mean KL <= 1.0e-01" in parts and "effect on these prompts: mean KL 7.20e+00" in parts
             assert "CPU_Mapped" in parts
+
+
+async def test_an_adapter_on_a_quantized_source_shows_its_parts(tmp_path: Path) -> None:
+    """The figures of ``verify.judge_adapter_parts`` (kernel noise, the adapter's own effect) with their gates."""
+    from llamaforge_tui.core.export.verify import Part
+
+    def export(run_dir: Path, options: ExportOptions, settings: Any, *, progress: Any, stop_event: Any) -> ExportResult:
+        v = _verification("adapter", 1.9e-4)
+        v.method, v.effect_kl, v.gate = "parts", 0.6, "quantized"
+        v.parts = {"kernel": Part(0.986, 1.8e-4, 0.9, 0.1, True, "llama.cpp on the q8_0 source alone vs PyTorch"),
+                   "adapter": Part(0.973, 3.3e-4, 0.85, 0.05, True, "the adapter's effect as llama.cpp computes it")}
+        v.notes = ["adapter on q8_0: llama.cpp's arithmetic alone accounts for 1.78e-04 on the base"]
+        return ExportResult(None, "adapter", 1, run_dir / "Modelfile", run_dir / "a.gguf", verification=v, name="t")
+
+    for size in ((80, 24), (120, 40)):
+        app = make_app(Settings(), Services(extra={"export_run": export}))
+        async with app.run_test(size=size) as pilot:
+            app.push_screen(ExportScreen(tmp_path))
+            await pilot.pause()
+            await pilot.press("ctrl+e")
+            await _idle(pilot, app)
+            table = app.screen.query_one("#export-verification", DataTable)
+            rows = [table.get_row_at(i) for i in range(table.row_count)]
+            assert [str(r[0]).strip() for r in rows] == ["adapter", "kernel", "adapter"]
+            assert rows[2][2] == "3.30e-04" and str(rows[2][5]) == "ok"
+            parts = str(app.screen.query_one("#export-parts", Static).render())
+            assert "gate top-1 >= 85%, mean KL <= 5.0e-02" in parts and "mean KL 6.00e-01" in parts
+            assert "adapter on q8_0" in parts

@@ -18,9 +18,9 @@ from llamaforge_tui.core.export.exporter import (
     ExportCancelled,
     ExportOptions,
     ExportProgress,
-    adapter_gate,
     export_run,
     load_run,
+    verify_adapter,
     verify_merged,
 )
 from llamaforge_tui.core.export.verify import Verification
@@ -54,8 +54,7 @@ def measure_choices(run_dir: Path | str, choices: list[str], settings: Any = Non
                 rows.append(Verification(0.0, nan, nan, 0, False, "n/a", [str(exc)], label=f"{choice} (unavailable)"))
                 continue
             if choice == "adapter":
-                v = ref.verify(Path(run.source["gguf_path"]), adapter_gate(run), lora_path=res.adapter_path,
-                               label="adapter", sample=False)
+                v = verify_adapter(run, ref, res.adapter_path, emit, sample=False)
             else:
                 v = verify_merged(run, ref, res.gguf_path, choice, choice, emit, sample=False)
             v.label = f"{choice} ({res.size_bytes / 1e6:.0f} MB)"

@@ -315,8 +315,7 @@ def export_run(run_dir: Path | str, options: ExportOptions, settings: Any = None
                               lambda m: emit(ExportProgress("verify", m)))
         emit(ExportProgress("verify", "comparing llama.cpp with the reference"))
         if options.adapter:
-            result.verification = ref.verify(Path(run.source["gguf_path"]), adapter_gate(run),
-                                             lora_path=adapter_path, label="adapter")
+            result.verification = verify_adapter(run, ref, adapter_path, emit)
         else:
             result.verification = verify_merged(run, ref, gguf_path, out_type, out_type, emit)
         result.warnings += result.verification.warnings
@@ -355,6 +354,19 @@ def verify_merged(run: RunInfo, ref: Any, path: Path, out_type: str, label: str,
         return ref.verify(path, out_type, label=label, sample=sample, float_copy=float_copy, say=say)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def verify_adapter(run: RunInfo, ref: Any, adapter_path: Path, emit: Callable[[ExportProgress], None], *,
+                   sample: bool = True) -> Verification:
+    """Verify an adapter on its unchanged source. On a quantized source it is judged in parts
+    (``verify.judge_adapter_parts``): llama.cpp's arithmetic on that source is measured on the source alone and
+    cancelled, so a CPU's kernels cannot fail a correct adapter and a broken one cannot pass."""
+    from llamaforge_tui.core.export.verify import gate_class
+
+    gate = adapter_gate(run)
+    return ref.verify(Path(run.source["gguf_path"]), gate, lora_path=adapter_path, label="adapter", sample=sample,
+                      adapter_parts=gate_class(gate) != "float",
+                      say=lambda m: emit(ExportProgress("verify", m)))
 
 
 def adapter_gate(run: RunInfo) -> str:

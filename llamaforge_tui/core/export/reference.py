@@ -24,6 +24,7 @@ from llamaforge_tui.core.export.verify import (
     VerificationSample,
     compare_logits,
     judge,
+    judge_adapter_parts,
     judge_parts,
     torch_logits,
 )
@@ -74,7 +75,7 @@ class ReferenceModel:
             return llm.logits(self.sequences)
 
     def verify(self, gguf_path: Path, out_type: str, *, lora_path: Path | None = None, label: str = "",
-               sample: bool = True, float_copy: Path | None = None,
+               sample: bool = True, float_copy: Path | None = None, adapter_parts: bool = False,
                say: Callable[[str], None] | None = None) -> Verification:
         """Compare llama.cpp on ``gguf_path`` (+ ``lora_path``) with the reference and greedy-generate the sample,
         both in one llama.cpp child. With ``float_copy`` (the same file, every tensor dequantized to F16), judge a
@@ -92,6 +93,11 @@ class ReferenceModel:
         if ids is not None:
             generated = self.tokenizer.decode(ids, skip_special_tokens=True)
             result.sample = VerificationSample(self.sample_prompt, self.sample_expected, generated.strip())
+        if adapter_parts and lora_path is not None:  # an adapter on a quantized source (verify.ADAPTER_PARTS)
+            (say or (lambda m: None))(f"llama.cpp on {gguf_path.name} without the adapter")
+            alone = self.llama_logits(gguf_path, what=f"verification of {lora_path.name} (the source alone) in "
+                                      "llama.cpp", export=lora_path)
+            return judge_adapter_parts(result, self.logits, self.base_logits, alone, cand, self.effect_kl, out_type)
         if float_copy is not None:
             result = self._judge_in_parts(result, cand, gguf_path, float_copy, out_type, say or (lambda m: None))
         return result

@@ -225,7 +225,7 @@ class ExportScreen(Screen[None]):
         verdict = "passed" if v.passed and not v.warnings else ("warning" if v.passed else "FAILED")
         table.add_row(Text(v.label or v.gate), f"{v.top1_agreement:.1%}", _fmt_kl(v.mean_kl), _fmt_kl(v.max_kl),
                       str(v.positions), Text(verdict))
-        for name, part in v.parts.items():  # a Q8_0 file is judged in parts; show each with its gate
+        for name, part in v.parts.items():  # Q8_0 files, adapters on quantized sources: in parts
             table.add_row(Text(f"  {name}"), f"{part.top1_agreement:.1%}", _fmt_kl(part.mean_kl), "", "",
                           Text("ok" if part.passed else "FAILED"))
         if v.parts:
