@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.ollama_store import StoreBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures.ollama_store import StoreBuilder
 from llamaforge_tui.commands.common import print_json, safe_streams
 from llamaforge_tui.core.fsutil import (
     SAFE_ERRORS,

@@ -28,11 +28,12 @@ from llamaforge_tui.core.train import runs
 from llamaforge_tui.core.train import setup as setup_mod
 from llamaforge_tui.core.train.batching import BatchStream, plan_epoch, to_segments
 from llamaforge_tui.core.errors import ConfigError, LlamaForgeError
-from llamaforge_tui.core.train.events import (CheckpointSaved, EvalLogged, EvalSummary, Event, EventLog, LogLine,
+from llamaforge_tui.core.train.events import (CheckpointSaved, Event, EventLog, LogLine,
                                         RunFailed, RunFinished, RunStarted, StepLogged)
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.core.train.config import TrainConfig
 from llamaforge_tui.core.train.failures import TrainingFailed
+from llamaforge_tui.core.train.recipe_eval import RecipeEvaluation
 from llamaforge_tui.core.train.runtime import RunResult, long_lived_heap, peak_memory_bytes, seed_for
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TrainingRecipe:
+class TrainingRecipe(RecipeEvaluation):
     """One run: built by :meth:`setup`, driven by :meth:`train`, torn down by :meth:`cleanup`."""
 
     def __init__(self, config: TrainConfig, emit: Callable[[Event], None], stop_event: threading.Event, *,
@@ -329,45 +330,6 @@ class TrainingRecipe:
                               elapsed_seconds=elapsed))
         return RunResult(self.run_dir, "stopped" if stopped else "finished", self.step, self.total_steps,
                          self.last_loss, adapter)
-
-    def _masked_loss(self, batches: list[Any]) -> tuple[float, int]:
-        """Summed loss and label count over ``batches`` (core.train.eval_loss), each rank its share, summed."""
-        from llamaforge_tui.core.train.eval_loss import masked_loss
-
-        self.model.eval()
-        try:
-            module = self.loss_fn.module if self.dist.enabled else self.loss_fn
-            part = masked_loss(module, batches, self.device, self.pad_id, autocast=self._autocast,
-                               rank=self.dist.rank, world_size=self.dist.world_size)
-        finally:
-            self.model.train()
-        total, count = dist.all_reduce_sum([part.loss_sum, part.tokens], self.device, self.dist)
-        return total, int(count)
-
-    def evaluate(self) -> float:
-        """Mean loss over the eval split (each rank takes its share)."""
-        total, count = self._masked_loss(self.eval_batches)
-        eval_loss = total / max(count, 1)
-        self.last_eval_step, self.last_eval_totals = self.step, (total, count)
-        self.emit(EvalLogged(step=self.step, eval_loss=eval_loss, eval_tokens=int(count)))
-        return eval_loss
-
-    def eval_summary(self) -> None:
-        """Base vs tuned after the last step: the same masked loss with the adapter switched off, then on, on the
-        eval split (its tuned loss is the evaluation just made) or, without one, on the training data."""
-        from llamaforge_tui.core.train.eval_loss import perplexity
-
-        split = "eval" if self.eval_batches else "train"
-        batches = self.eval_batches or [self.stream[p] for p in range(self.stream.batches_per_epoch)]
-        self.say(f"end-of-run evaluation: base vs tuned on the {split} data")
-        with self.model.disable_adapter():
-            base_sum, count = self._masked_loss(batches)
-        tuned_sum, _ = self.last_eval_totals if split == "eval" else self._masked_loss(batches)
-        base, tuned = (base_sum / count, tuned_sum / count) if count else (None, None)
-        examples = sum(1 for b in batches for row in b.rows for seg in row if seg.n_targets)
-        self.emit(EvalSummary(step=self.step, split=split, base_loss=base, tuned_loss=tuned,
-                              base_perplexity=perplexity(base), tuned_perplexity=perplexity(tuned), tokens=count,
-                              examples=examples))
 
     def save_checkpoint(self) -> Path | None:
         """Rank 0 writes ``checkpoints/step-N`` (temp folder + rename); everyone waits for it."""

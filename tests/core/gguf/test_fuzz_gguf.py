@@ -11,9 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fixtures.fuzz_inputs import (
     T_ARR,
     T_STR,
@@ -32,9 +29,17 @@ from fixtures.fuzz_inputs import (
 )
 from fixtures.gguf_factory import TinySpec, write_gguf
 from fixtures.ollama_store import gemma_gguf  # noqa: F401  (the shared session fixture)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from llamaforge_tui.core.errors import GgufError
 from llamaforge_tui.core.gguf.file import GgufFile
-from llamaforge_tui.core.gguf.info import GgufSummary, SummaryCache, summarize, summarize_gguf
+from llamaforge_tui.core.gguf.info import (
+    GgufSummary,
+    SummaryCache,
+    summarize,
+    summarize_gguf,
+)
 from llamaforge_tui.core.gguf.values import MAX_ARRAY_DEPTH
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
