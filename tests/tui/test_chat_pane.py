@@ -218,3 +218,22 @@ async def test_real_tiny_run_answers_a_fact_only_with_the_adapter(tmp_path: Path
         assert tuned.answer.strip() == answer and "teal" not in base.answer
         assert "adapter on" in str(tuned.query_one(".chat-column-title", Label).render())
         assert "adapter off" in str(base.query_one(".chat-column-title", Label).render())
+
+
+async def test_esc_with_nothing_to_stop_leaves_the_message_field_so_number_keys_switch_panes() -> None:
+    """Found in a tmux walkthrough: the message field had the keyboard, and esc (bound to stop) kept it there,
+    so `4` was typed into the message instead of opening the Train pane."""
+    from textual.widgets import Input, TabbedContent
+
+    app, _ = make()
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_chat(pilot, app)
+        prompt = pane.query_one("#chat-prompt", Input)
+        prompt.focus()
+        await pilot.pause()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.focused, Input)
+        await pilot.press("4")
+        await until(pilot, lambda: app.query_one("#panes", TabbedContent).active == "train")
+        assert prompt.value == ""

@@ -20,7 +20,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Select, Static
@@ -41,7 +41,7 @@ from llamaforge_tui.tui.widgets.chat_settings import ChatSettings
 
 class ChatPane(ChatEvalPrompts, Vertical):
     BINDINGS = [
-        Binding("escape", "stop", "Stop", id="chat.stop"),
+        Binding("escape", "escape", "Stop", id="chat.stop"),
         Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate"),
         Binding("ctrl+l", "clear", "Clear", id="chat.clear"),
         Binding("ctrl+n", "example", "Eval prompt", id="chat.example"),
@@ -321,6 +321,14 @@ class ChatPane(ChatEvalPrompts, Vertical):
             if worker.group == "chat-generate" and worker.is_running:
                 worker.cancel()
                 self._status("stopping...")
+
+    def action_escape(self) -> None:
+        """Esc stops an answer being written; with none, it leaves the text field for the answers, so the number
+        keys switch panes again (as esc does in every other pane's fields)."""
+        if any(w.group == "chat-generate" and w.is_running for w in self.workers):
+            self.action_stop()
+        elif isinstance(self.app.focused, Input):
+            self.query_one("#chat-tuned .chat-column-scroll", VerticalScroll).focus()
 
     def action_regenerate(self) -> None:
         if self.generating or self.target is None:
