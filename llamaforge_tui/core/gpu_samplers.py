@@ -30,6 +30,7 @@ from llamaforge_tui.core.system import (
     GpuSample,
     GpuSampler,
     GpuUnavailable,
+    LibrarySampler,
     NvmlSampler,
 )
 
@@ -84,7 +85,7 @@ class _AmdDevice:
 
 
 @dataclass
-class AmdSmiSampler:
+class AmdSmiSampler(LibrarySampler):
     """Samples every AMD GPU through AMD SMI. ``smi`` is the amdsmi module, replaceable by a fake in tests."""
 
     smi: Any = None
@@ -93,24 +94,8 @@ class AmdSmiSampler:
     _unavailable: GpuUnavailable | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def __call__(self) -> GpuResult:
-        return self.sample()
-
-    def sample(self) -> GpuResult:
-        with self._lock:
-            if self._devices is None and self._unavailable is None:
-                self._open()
-            if self._unavailable is not None:
-                return self._unavailable
-            assert self._devices is not None
-            return [self._sample_device(dev) for dev in self._devices]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._devices is not None:
-                self._call(self.smi.amdsmi_shut_down)
-            self._devices = None
-            self._unavailable = None
+    def _shutdown(self) -> None:
+        self._call(self.smi.amdsmi_shut_down)
 
     def _open(self) -> None:
         if self.smi is None:

@@ -179,8 +179,47 @@ class _DeviceCache:
     power_limit_w: float | None
 
 
+class LibrarySampler:
+    """What every vendor library's sampler shares: the library opens on the first sample and stays open (opening
+    per sample costs tens of ms), one sample at a time, and ``close()`` shuts it down. Subclasses (dataclasses)
+    hold ``_devices``, ``_unavailable`` and ``_lock`` and define ``_open``, ``_sample_device`` and ``_shutdown``.
+    Callable: ``sampler() -> list[GpuSample] | GpuUnavailable``."""
+
+    _devices: list[Any] | None
+    _unavailable: GpuUnavailable | None
+    _lock: threading.Lock
+
+    def __call__(self) -> GpuResult:
+        return self.sample()
+
+    def sample(self) -> GpuResult:
+        with self._lock:
+            if self._devices is None and self._unavailable is None:
+                self._open()
+            if self._unavailable is not None:
+                return self._unavailable
+            assert self._devices is not None
+            return [self._sample_device(dev) for dev in self._devices]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._devices is not None:
+                self._shutdown()
+            self._devices = None
+            self._unavailable = None
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _sample_device(self, device: Any) -> GpuSample:
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class NvmlSampler:
+class NvmlSampler(LibrarySampler):
     """Samples every NVIDIA device through NVML. Callable: ``sampler() -> list[GpuSample] | GpuUnavailable``.
 
     NVML is initialised on the first call and kept open (re-initialising per sample costs tens of ms);
@@ -199,24 +238,8 @@ class NvmlSampler:
         if self.nvml is None:
             self.nvml = _load_pynvml()
 
-    def __call__(self) -> GpuResult:
-        return self.sample()
-
-    def sample(self) -> GpuResult:
-        with self._lock:
-            if self._devices is None and self._unavailable is None:
-                self._open()
-            if self._unavailable is not None:
-                return self._unavailable
-            assert self._devices is not None
-            return [self._sample_device(dev) for dev in self._devices]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._devices is not None:
-                self._call(self.nvml.nvmlShutdown)
-            self._devices = None
-            self._unavailable = None
+    def _shutdown(self) -> None:
+        self._call(self.nvml.nvmlShutdown)
 
     # -- internals -------------------------------------------------------------------------------
     def _open(self) -> None:
