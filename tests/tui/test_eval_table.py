@@ -111,6 +111,8 @@ async def test_table_shows_the_highlighted_runs_evaluation(tmp_path: Path, size:
 
         runs.move_cursor(row=_row(runs, "run-a"))
         await wait_for(pilot, lambda: table.data is not None and table.run_dir.name == "run-a", what="run-a shown")
+        # the data lands before the next frame draws it (CI saw the frame before): wait for the screen itself
+        await wait_for(pilot, lambda: "Evaluation of run-a" in screen_text(app), what="run-a drawn")
         text = screen_text(app)
         assert "Evaluation of run-a" in text and "(eval split, 8 examples, 8" in text
         assert "b evaluates base vs tuned" in text  # the key, where the table is (the footer is full)
@@ -119,6 +121,7 @@ async def test_table_shows_the_highlighted_runs_evaluation(tmp_path: Path, size:
         runs.move_cursor(row=_row(runs, "run-b"))
         await wait_for(pilot, lambda: table.run_dir.name == "run-b" and table.data is not None
                        and table.data.get("end_of_run"), what="run-b's end-of-run summary")
+        await wait_for(pilot, lambda: "4.0000" in screen_text(app), what="run-b drawn")
         text = screen_text(app)
         assert "4.0000" in text and "1.2500" in text and "exact match" not in text
         active = app.active_bindings
