@@ -56,7 +56,8 @@ import _bench_suite as suite
 CPU_VARIANTS = ("ours", "ours-packed", "baseline")
 # variant -> TrainConfig changes (levers), for the GPU suite
 LEVERS = {"ours": {}, "ours-eager": {"compile": "off", "head_kernel": "eager"},
-          "ours-packed": {"packing": True}}
+          "ours-packed": {"packing": True}, "ours-ckpt": {"gradient_checkpointing": True},
+          "ours-compiled": {"compile": "on"}}
 
 
 def make_dataset(path: Path, n: int, seed: int = 0) -> Path:

@@ -77,7 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches (the default)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     parser.add_argument("--compile", choices=("auto", "on", "off"), help="torch.compile the decoder layers "
-                        "(auto: on for CUDA, off for CPU, as measured; falls back to eager if compiling fails)")
+                        "(auto, as measured: on for CUDA; on a CPU, after 3 eager steps when the rest would take 5 min or more; "
+                        "falls back to eager if compiling fails)")
     parser.add_argument("--head-kernel", choices=("auto", "compiled", "eager"), help="the head loss's softmax "
                         "kernel (auto: eager, as measured; compiled: fused by torch.compile)")
     parser.add_argument("--plan", action="store_true", help="print the plan (steps, memory estimate, fit, ETA) "

@@ -45,9 +45,10 @@ CUDA_CONTEXT = 600 * MIB  # the CUDA context and cuBLAS workspaces: outside max_
 # hidden size h, the MLP width ff, and the query and key/value widths. Fitted to Gemma 3 and Llama shapes.
 FP32_SAVED_PER_H = 8.0
 SAVED_PER_H, SAVED_PER_FF, SAVED_PER_Q, SAVED_PER_KV = 4.0, 5.5, 5.0, 4.0
-# One chunk of logits at its peak: the matmul's output, the fp32 softmax and the gradient, partly in place.
-# Measured (Gemma 3's 262k vocabulary, 256-row chunks): ~8 bytes per logit in fp32, ~9 under bf16.
-HEAD_BYTES_PER_LOGIT = 9
+# One chunk of logits at its peak: the matmul's output buffer (compute dtype, the gradient goes back through
+# it) and one fp32 work buffer, both reused by every chunk, plus the allocator's slack. Under bf16 that is
+# 2 + 4 bytes a logit; counted as 8 (the softcap's tanh needs one more fp32 copy).
+HEAD_BYTES_PER_LOGIT = 8
 
 
 class OutOfMemoryRisk(LlamaForgeError):
@@ -174,7 +175,7 @@ def head_bytes(config: Any, label_rows: int, dtype_size: int, *, chunk_rows: int
     h = int(_cfg(config, "hidden_size"))
     vocab = int(_cfg(config, "vocab_size"))
     if chunk_rows is None:
-        budget = (256 if device.startswith("cpu") else 512) * MIB
+        budget = (128 if device.startswith("cpu") else 512) * MIB
         chunk_rows = max(16, budget // (4 * max(vocab, 1)))
     rows = min(max(label_rows, 0), chunk_rows)
     return int(rows * vocab * HEAD_BYTES_PER_LOGIT + 2 * label_rows * h * 4)

@@ -43,7 +43,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class Batch:
-    """A micro-batch: rows of segments. Padding (if any) is a separate segment with no targets."""
+    """A micro-batch: rows of segments. Padding (if any) ends a row, with no targets."""
 
     rows: tuple[tuple[Segment, ...], ...]
 
@@ -81,7 +81,13 @@ class Batch:
                 r_tgt.extend(seg.targets)
             pad = width - len(r_ids)
             ids.append(r_ids + [pad_id] * pad)
-            pos.append(r_pos + list(range(pad)))  # padding restarts at 0: its own "sequence"
+            # Padding sits at the row's end and carries no targets; its positions go on from the last
+            # example's, so a batch of one example per row keeps position ids 0..width-1 in every row and
+            # transformers runs plain causal attention (SDPA's is_causal: no mask built, and the kernel skips
+            # the upper triangle) instead of a packed block-diagonal mask. Causal attention never lets a
+            # real token see the padding after it.
+            nxt = r_pos[-1] + 1 if r_pos else 0
+            pos.append(r_pos + list(range(nxt, nxt + pad)))
             tgt.append(r_tgt + [IGNORE_INDEX] * pad)
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long, device=device),

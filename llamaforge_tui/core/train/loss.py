@@ -18,10 +18,11 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 # Rows per chunk are chosen so that one chunk of fp32 logits stays near this size. GPUs get bigger chunks:
-# they have the memory, and many small chunks leave them launch-bound. CPU: measured on the 2-core EPYC
-# (Gemma's 262k vocab, 512 labelled rows, bf16), 256-row chunks (256 MiB) took 11.0-11.6 s against 18-22 s
-# for 64-row chunks (64 MiB): each chunk reads the whole 335 MB head, so small chunks are bandwidth-bound.
-CHUNK_BYTES = 256 * 1024 * 1024
+# they have the memory, and many small chunks leave them launch-bound. CPU: each chunk reads the whole head
+# (335 MB for Gemma's 262k x 640), so very small chunks are bandwidth-bound. Measured on the 2-core EPYC
+# (512 labelled rows, bf16, loss + gradient, buffers reused across chunks): 256 rows 1.11-1.19 s, 128 rows
+# 1.14-1.18 s, 64 rows 1.34-1.36 s; 128 rows (128 MiB of fp32 logits) keeps the speed at half the memory.
+CHUNK_BYTES = 128 * 1024 * 1024
 CHUNK_BYTES_GPU = 512 * 1024 * 1024
 HEAD_KERNELS = ("auto", "compiled", "eager")
 
@@ -67,25 +68,54 @@ def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor,
     return (lse - picked).sum(), p.to(logits.dtype)
 
 
-def _chunk_eager(logits: torch.Tensor, targets: torch.Tensor,
-                 softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_eager(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None,
+                 work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`chunk_loss_and_grad` in place, with no fresh chunk-sized tensor (one with a softcap).
+
+    ``logits`` is consumed: the gradient is written back into it. ``work`` (same shape, fp32) holds the wide
+    copy when ``logits`` is narrower; without it one is allocated. On a CPU each fresh 256 MiB tensor costs
+    more in page faults than the softmax itself (measured on the 2-core EPYC, 256 x 262,144 fp32: a conversion
+    into a new tensor 89 ms, into a reused buffer 13 ms; softmax into a new tensor 114 ms, in place 23 ms).
+    The log-sum-exp comes from the softmax itself: at the row's maximum m, p = exp(m - lse), so
+    lse = m - log(max p), and max p >= 1/V never underflows.
+    """
     import torch
 
-    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    wide = torch.promote_types(logits.dtype, torch.float32)
+    if logits.dtype == wide:
+        x = logits
+    elif work is not None:
+        x = work.copy_(logits)
+    else:
+        x = logits.to(wide)
     t = None
     if softcap:
-        t = torch.tanh(x / softcap)
+        t = x.div_(softcap).tanh_()
         x = t * softcap
-    picked = x.gather(1, targets[:, None]).squeeze(1)
-    m = x.amax(1, keepdim=True)
-    x = x.sub_(m).exp_()
-    s = x.sum(1, keepdim=True)
-    lse = (m + s.log()).squeeze(1)
-    x.div_(s)
-    x[torch.arange(targets.shape[0], device=targets.device), targets] -= 1.0
+    rows = torch.arange(targets.shape[0], device=targets.device)
+    picked = x[rows, targets]
+    m = x.amax(1)
+    _softmax_in_place(x)
+    lse = m - x.amax(1).log()
+    x[rows, targets] -= 1.0
     if t is not None:
         x.mul_(t.mul_(t).neg_().add_(1.0))
-    return (lse - picked).sum(), x.to(logits.dtype)
+    grad = x if x.dtype == logits.dtype else logits.copy_(x)
+    return (lse - picked).sum(), grad
+
+
+def _softmax_in_place(x: torch.Tensor) -> None:
+    """Row softmax of a 2-D tensor, written over it (bit-equal to ``torch.softmax``)."""
+    import torch
+
+    if not _KERNELS.get("no_inplace_softmax"):
+        try:
+            torch._softmax(x, 1, False, out=x)
+            return
+        except (TypeError, RuntimeError, AttributeError):  # a torch without the out= overload or aliasing
+            _KERNELS["no_inplace_softmax"] = True
+    x.sub_(x.amax(1, keepdim=True)).exp_()
+    x.div_(x.sum(1, keepdim=True))
 
 
 _KERNELS: dict[str, Any] = {}
@@ -114,11 +144,11 @@ def default_head_compiled(device_type: str, vocab: int) -> bool:
     return False
 
 
-def _run_chunk(kind: str, logits: torch.Tensor, targets: torch.Tensor,
-               softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _run_chunk(kind: str, logits: torch.Tensor, targets: torch.Tensor, softcap: float | None,
+               work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     fn = _chunk_kernel(kind, logits.device.type, logits.shape[-1])
     if fn is _chunk_eager:
-        return fn(logits, targets, softcap)
+        return fn(logits, targets, softcap, work)
     try:
         return fn(logits, targets, softcap or 0.0)
     except Exception as exc:  # noqa: BLE001 - a compiler failure must never end a run: fall back, say so once
@@ -127,7 +157,7 @@ def _run_chunk(kind: str, logits: torch.Tensor, targets: torch.Tensor,
         logging.getLogger(__name__).warning("compiled head loss failed (%s: %s); using the eager kernel",
                                             type(exc).__name__, exc)
         _KERNELS["failed"] = True
-        return _chunk_eager(logits, targets, softcap)
+        return _chunk_eager(logits, targets, softcap, work)
 
 
 def _head_cross_entropy_class() -> Any:
@@ -142,13 +172,22 @@ def _head_cross_entropy_class() -> Any:
             need_grad = ctx.needs_input_grad[0]
             total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
             grad_hidden = torch.empty_like(hidden) if need_grad else None
+            # One logits buffer (and one fp32 work buffer) for every chunk: the matmul writes into it, the
+            # gradient comes back through it. Fresh chunk-sized tensors cost page faults on every chunk.
+            n_rows, vocab = min(chunk, hidden.shape[0]), weight.shape[0]
+            logits_buf = torch.empty((n_rows, vocab), dtype=hidden.dtype, device=hidden.device)
+            wide = torch.promote_types(hidden.dtype, torch.float32)
+            work = (torch.empty((n_rows, vocab), dtype=wide, device=hidden.device)
+                    if wide != hidden.dtype and kind != "compiled" else None)
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start:start + chunk]
+                k = h.shape[0]
                 tgt = targets[start:start + chunk]
-                part, grad_logits = _run_chunk(kind, h @ weight.t(), tgt, softcap)
+                logits = torch.mm(h, weight.t(), out=logits_buf[:k])
+                part, grad_logits = _run_chunk(kind, logits, tgt, softcap, None if work is None else work[:k])
                 total += part
                 if grad_hidden is not None:
-                    grad_hidden[start:start + chunk] = grad_logits.to(weight.dtype) @ weight
+                    torch.mm(grad_logits.to(weight.dtype), weight, out=grad_hidden[start:start + k])
             if grad_hidden is not None:
                 ctx.save_for_backward(grad_hidden)
             return total

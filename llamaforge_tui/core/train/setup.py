@@ -118,6 +118,22 @@ def apply_lora(model: Any, config: TrainConfig) -> Any:
     return peft_model
 
 
+def keep_lora_inputs_narrow(model: Any) -> int:
+    """Under autocast, stop peft casting each LoRA layer's input up to the fp32 of its weights.
+
+    peft casts ``x`` to ``lora_A.weight.dtype`` (fp32) and autocast casts it straight back to bf16 for the
+    matmul: the same numbers (bf16 -> fp32 -> bf16 is exact), two full copies of the activation per LoRA layer
+    and one more kept for backward by each of q, k, v, gate and up, where one shared tensor does. Measured on
+    Gemma 3 270M (2-core EPYC, a 1,324-token micro-batch): those copies were 11% of a step. Returns how many
+    layers were changed (peft without the switch: 0, and nothing changes)."""
+    changed = 0
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled") and hasattr(module, "lora_A"):
+            module.cast_input_dtype_enabled = False
+            changed += 1
+    return changed
+
+
 def _fp32() -> Any:
     import torch
 

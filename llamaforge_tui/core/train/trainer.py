@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.train import checkpoint as ckpt
+from llamaforge_tui.core.train import compile as compile_mod
 from llamaforge_tui.core.train import device as device_mod
 from llamaforge_tui.core.train import distributed as dist
 from llamaforge_tui.core.train import failures
@@ -33,6 +34,7 @@ from llamaforge_tui.core.train.events import (CheckpointSaved, Event, EventLog, 
 from llamaforge_tui.core.settings import Settings
 from llamaforge_tui.core.train.config import TrainConfig
 from llamaforge_tui.core.train.failures import TrainingFailed
+from llamaforge_tui.core.train.loss import loss_module
 from llamaforge_tui.core.train.recipe_eval import RecipeEvaluation
 from llamaforge_tui.core.train.runtime import RunResult, long_lived_heap, peak_memory_bytes, seed_for
 
@@ -150,11 +152,9 @@ class TrainingRecipe(RecipeEvaluation):
         self.model = setup_mod.apply_lora(base_model, cfg)
         self.model.train()
         self.trainable_params, self.total_params = setup_mod.count_parameters(self.model)
-        from llamaforge_tui.core.train.loss import loss_module
-
+        if self.precision.autocast is not None:
+            setup_mod.keep_lora_inputs_narrow(self.model)
         self.loss_fn = loss_module(self.model.get_base_model(), head_kernel=cfg.head_kernel)
-        from llamaforge_tui.core.train import compile as compile_mod
-
         self.compiled_layers, note = compile_mod.compile_layers(self.model, cfg.compile, self.device.type)
         self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
         self.say(note)
@@ -244,6 +244,14 @@ class TrainingRecipe(RecipeEvaluation):
         self.optimizer.zero_grad(set_to_none=True)
         return loss, grad_norm, step_tokens, lr
 
+    def _maybe_compile_late(self, steps_done: int, seconds: float) -> None:
+        note = compile_mod.late_compile_note(self.config.compile, self.device.type, steps_done, seconds,
+                                             self.total_steps - self.step)
+        if note and not self.compiled_layers:
+            self.compiled_layers, result = compile_mod.compile_layers(self.model, "on", self.device.type)
+            self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
+            self.say(f"{note}; {result}")
+
     def _train_step_guarded(self) -> tuple[float, float, int, float]:
         """The first step of compiled layers compiles them: if that fails, go back to eager and say so."""
         if not self.compiled_layers:
@@ -251,8 +259,6 @@ class TrainingRecipe(RecipeEvaluation):
         try:
             return self._train_step()
         except Exception as exc:
-            from llamaforge_tui.core.train import compile as compile_mod
-
             if failures.is_oom(exc) or not compile_mod.is_compile_error(exc):
                 raise
             compile_mod.uncompile_layers(self.model)
@@ -290,6 +296,7 @@ class TrainingRecipe(RecipeEvaluation):
                 raise
             self.step += 1
             session_steps += 1
+            self._maybe_compile_late(session_steps, time.perf_counter() - session_start)
             self.last_loss = loss
             window_tokens += tokens
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:

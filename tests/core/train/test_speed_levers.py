@@ -189,3 +189,139 @@ def test_cli_flags_reach_the_config() -> None:
     args = parser.parse_args(["train", "--compile", "off", "--head-kernel", "compiled"])
     cfg = train_cmd.build_config(args)
     assert (cfg.compile, cfg.head_kernel) == ("off", "compiled")
+
+
+# -- padding without a mask ------------------------------------------------------------------------------
+def _tiny_gemma3():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(3)
+    cfg = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=64,
+                           sliding_window=8, tie_word_embeddings=True, attn_implementation="sdpa")
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_padded_rows_run_plain_causal_attention_and_equal_each_example_alone(arch: str, tiny_lm) -> None:
+    """A length-grouped batch (one example per row, padding at the end) keeps position ids 0..width-1 in every
+    row, so transformers sees no packing and builds no block mask; the loss is still each example's alone
+    (Gemma 3's sliding window of 8 is shorter than the rows, so its windowed layers are covered too)."""
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    model = tiny_lm if arch == "llama" else _tiny_gemma3()
+    long = Segment(tuple(range(5, 25)), tuple(range(6, 25)) + (-100,))
+    short = Segment(tuple(range(30, 41)), (-100,) * 5 + tuple(range(36, 41)) + (-100,))
+    batch = Batch(((long,), (short,)))
+    t = batch.tensors("cpu")
+    assert torch.equal(t["position_ids"], torch.arange(20).expand(2, 20))
+    assert find_packed_sequence_indices(t["position_ids"]) is None
+    padded = float(loss_mod.causal_lm_loss_sum(model, **t))
+    alone = sum(float(loss_mod.causal_lm_loss_sum(model, **Batch(((seg,),)).tensors("cpu"))) for seg in (long, short))
+    assert padded == pytest.approx(alone, rel=1e-5)
+    packed = Batch(((short, Segment((7, 8, 9), (8, 9, -100))),)).tensors("cpu")
+    assert packed["position_ids"].tolist() == [list(range(11)) + [0, 1, 2]]
+    assert find_packed_sequence_indices(packed["position_ids"]) is not None
+
+
+# -- LoRA inputs kept narrow under autocast ----------------------------------------------------------------
+def test_narrow_lora_inputs_give_the_same_loss_and_gradients_with_fewer_copies(tmp_path: Path) -> None:
+    """Under bf16 autocast peft's cast of each LoRA input up to fp32 is undone by autocast at once: turning it
+    off gives bit-equal loss and LoRA gradients, with fewer full-activation copies."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llamaforge_tui.core.train import setup as setup_mod
+
+    path = make_tiny_llama(tmp_path / "model")
+    torch.manual_seed(6)
+    ids = torch.randint(0, 300, (2, 24))
+    pos = torch.arange(24).expand(2, 24)
+    tgt = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+    results = []
+    for narrow in (False, True):
+        torch.manual_seed(7)
+        base = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                    "down_proj"]))
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+                if "lora_B" in n:
+                    torch.nn.init.normal_(p, std=0.1)
+        if narrow:
+            assert setup_mod.keep_lora_inputs_narrow(model) == 8  # 4 targets x 2 layers
+        with torch.profiler.profile() as prof, torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_mod.causal_lm_loss_sum(model.get_base_model(), ids, pos, tgt)
+        loss.backward()
+        copies = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((float(loss), grads, copies))
+    (wide_loss, wide_grads, wide_copies), (narrow_loss, narrow_grads, narrow_copies) = results
+    assert narrow_loss == wide_loss
+    for name, grad in wide_grads.items():
+        assert torch.equal(narrow_grads[name], grad), name
+    assert narrow_copies < wide_copies
+
+
+# -- compile decided during a CPU run ------------------------------------------------------------------------
+def test_late_compile_note_thresholds() -> None:
+    payback = compile_mod.CPU_PAYBACK_S
+    probe = compile_mod.PROBE_STEPS
+    long_left = int(payback / 10 * 2) + 1  # 10 s a step: a little over twice the payback left
+    assert compile_mod.late_compile_note("auto", "cpu", probe, 10.0 * probe, long_left) is not None
+    assert compile_mod.late_compile_note("auto", "cpu", probe, 10.0 * probe, int(payback / 10) - 1) is None
+    for mode, dev, done in (("off", "cpu", probe), ("on", "cpu", probe), ("auto", "cuda", probe),
+                            ("auto", "mps", probe), ("auto", "cpu", probe - 1), ("auto", "cpu", probe + 1)):
+        assert compile_mod.late_compile_note(mode, dev, done, 10.0 * done, long_left) is None, (mode, dev, done)
+
+
+def test_auto_compiles_a_long_cpu_run_after_the_probe_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compile=auto on a CPU: eager for the probe steps, then (the rest being long enough) the layers are
+    compiled and widths bucketed from the next step on; the run says so in its log, and the loss curve is the
+    eager run's (bucketing pads without targets)."""
+    import threading
+
+    from llamaforge_tui.core.settings import Settings
+    from llamaforge_tui.core.train import trainer
+    from llamaforge_tui.core.train.events import LogLine, StepLogged
+    from tests.fixtures.train_models import write_qa_jsonl
+
+    model = make_tiny_llama(tmp_path / "model")
+    data = write_qa_jsonl(tmp_path / "qa.jsonl", repeat=2)
+    widths: list[int] = []
+    real_compile = compile_mod.compile_layers
+    real_loss = loss_mod.causal_lm_loss_sum
+
+    def fake_compile(m, mode, device_type):  # noqa: ANN001, ANN202 - the wiring, not inductor (tested above)
+        if mode == "on":
+            return 2, "compile: 2 decoder layers (regional, dynamic shapes, widths bucketed to 16)"
+        return real_compile(m, mode, device_type)
+
+    def run(payback: float) -> tuple[list[float], list[str]]:
+        monkeypatch.setattr(compile_mod, "CPU_PAYBACK_S", payback)
+        monkeypatch.setattr(compile_mod, "compile_layers", fake_compile)
+        widths.clear()
+
+        def spy(m, input_ids, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+            widths.append(int(input_ids.shape[1]))
+            return real_loss(m, input_ids, *a, **k)
+
+        monkeypatch.setattr(loss_mod, "causal_lm_loss_sum", spy)
+        events: list = []
+        cfg = TrainConfig(model=str(model), data=str(data), learning_rate=1e-2, lora_r=8, lora_alpha=16.0,
+                          batch_size=2, scheduler="constant", warmup_steps=0, save_every=0, log_every=1,
+                          dtype="float32", max_steps=6, output_dir=str(tmp_path / f"out-{payback}"))
+        result = trainer.run(cfg, events.append, threading.Event(), settings=Settings(runs_dir=str(tmp_path / "runs")))
+        assert result.ok, result.reason
+        return ([e.loss for e in events if isinstance(e, StepLogged)],
+                [e.message for e in events if isinstance(e, LogLine) and e.message.startswith("compile")])
+
+    eager_losses, eager_notes = run(payback=1e9)
+    eager_widths = list(widths)
+    late_losses, late_notes = run(payback=0.0)
+    assert eager_notes == ["compile: off (eager layers)"]
+    assert len(late_notes) == 2 and "compiled now (after step 3" in late_notes[1] and "2 decoder layers" in late_notes[1]
+    assert widths[:3] == eager_widths[:3] and all(w % compile_mod.BUCKET == 0 for w in widths[3:])
+    assert any(w % compile_mod.BUCKET for w in eager_widths[3:])  # so the bucketing is seen
+    assert late_losses == pytest.approx(eager_losses, rel=1e-5)
