@@ -105,6 +105,28 @@ def flops_per_token(model: Any, label_fraction: float) -> float:
     return 4.0 * block + 4.0 * head_params * label_fraction
 
 
+# -- quality -------------------------------------------------------------------------------------------
+def end_loss(model: Any, examples: list, max_seq_len: int) -> float:
+    """Mean token loss of the trained model over every training example, one example at a time (no padding),
+    under the autocast of its frozen weights' dtype. Unlike the last-quarter mean of the training losses it
+    does not depend on which batches the last steps drew, so variants with different batch orders compare."""
+    import torch
+
+    from llamaforge_tui.core.train.batching import Batch, to_segments
+    from llamaforge_tui.core.train.loss import causal_lm_loss_sum
+
+    frozen = next(p for p in model.parameters() if not p.requires_grad)
+    device = frozen.device
+    autocast = frozen.dtype if frozen.dtype in (torch.bfloat16, torch.float16) else None
+    total, targets = 0.0, 0
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        for seg in to_segments(examples, max_seq_len):
+            total += float(causal_lm_loss_sum(model, **Batch(((seg,),)).tensors(device)))
+            targets += seg.n_targets
+    return total / max(targets, 1)
+
+
 # -- table -----------------------------------------------------------------------------------------
 def last_quarter(losses: list[float]) -> float:
     tail = losses[-max(1, len(losses) // 4):]
@@ -122,7 +144,7 @@ def steady(step_times: list[float], step_tokens: list[int]) -> float:
 def print_table(rows: list[dict], mem_name: str) -> None:
     """One line per (group, variant); each group's ratios are against its 'baseline' (or 'ref') row."""
     head = (f"{'group':<12}{'variant':<20}{'steps':>6}{'tok/s':>9}{'steady':>9}{mem_name:>14}{'loss(q4)':>10}"
-            f"{'x tok/s':>9}{'x steady':>9}{'x mem':>7}{'loss %':>8}  notes")
+            f"{'x tok/s':>9}{'x steady':>9}{'x mem':>7}{'loss %':>8}{'end loss':>10}{'end %':>8}  notes")
     print("\n" + head + "\n" + "-" * len(head))
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -133,14 +155,20 @@ def print_table(rows: list[dict], mem_name: str) -> None:
             if not r.get("ok"):
                 print(f"{name:<12}{r['variant']:<20}  FAILED: {r.get('error', '?')[:150]}")
                 continue
-            ratio = ""
+            ratio, end = "", ""
             if ref is not None and r is not ref:
                 ratio = (f"{r['tokens_per_second'] / ref['tokens_per_second']:>9.2f}"
                          f"{r['steady_tokens_per_second'] / ref['steady_tokens_per_second']:>9.2f}"
                          f"{r['peak_memory'] / max(ref['peak_memory'], 1):>7.2f}"
                          f"{100 * (r['final_loss'] / ref['final_loss'] - 1):>+7.1f}%")
-            elif r is ref:
+            if r.get("end_loss") is not None:
+                end = f"{r['end_loss']:>10.4f}"
+                if ref is not None and r is not ref and ref.get("end_loss"):
+                    end += f"{100 * (r['end_loss'] / ref['end_loss'] - 1):>+7.1f}%"
+                else:
+                    end += f"{'':>8}"
+            if r is ref:
                 ratio = f"{'(ref)':>9}{'':>9}{'':>7}{'':>8}"
             print(f"{name:<12}{r['variant']:<20}{r['steps']:>6}{r['tokens_per_second']:>9.1f}"
                   f"{r['steady_tokens_per_second']:>9.1f}{r['peak_memory'] / 2**20:>10.0f} MiB"
-                  f"{r['final_loss']:>10.4f}{ratio}  {'; '.join(r.get('notes', []))}")
+                  f"{r['final_loss']:>10.4f}{ratio}{end}  {'; '.join(r.get('notes', []))}")

@@ -116,6 +116,15 @@ def run_ours(args: argparse.Namespace, levers: dict) -> dict:
         model_box.append(self.model.get_base_model())
 
     trainer_mod.TrainingRecipe._build_model = build
+    data_box: list = []
+    real_prepare = trainer_mod.setup_mod.prepare_data
+
+    def prepare(*a: object, **k: object) -> object:
+        data = real_prepare(*a, **k)
+        data_box.append(data)
+        return data
+
+    trainer_mod.setup_mod.prepare_data = prepare
     result = run(cfg, emit, threading.Event(), settings=Settings(runs_dir=str(out)))
     if not result.ok:
         raise RuntimeError(result.reason)
@@ -129,12 +138,16 @@ def run_ours(args: argparse.Namespace, levers: dict) -> dict:
         notes.append("head kernel: eager")
     tokens = sum(s.tokens for s in steps)
     elapsed = steps[-1].elapsed_seconds
+    from llamaforge_tui.core.train import compile as compile_mod
+
+    compile_mod.uncompile_layers(model_box[0])  # the quality pass runs eager: no compile for its shapes
+    end = suite.end_loss(model_box[0], data_box[0].train, args.max_seq_len) if model_box and data_box else None
     label_fraction = args.label_fraction or 0.5
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_second": tokens / elapsed, "steps": len(steps),
             "steady_tokens_per_second": suite.steady([s.elapsed_seconds for s in steps], [s.tokens for s in steps]),
             "final_loss": suite.last_quarter([s.loss for s in steps]), "peak_memory": _peak_memory(args.device),
             "flops_per_token": suite.flops_per_token(model_box[0], label_fraction) if model_box else 0.0,
-            "notes": notes}
+            "end_loss": end, "notes": notes}
 
 
 def run_baseline(args: argparse.Namespace) -> dict:
@@ -202,7 +215,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
     times = [t - start for t, _ in marks]
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_second": tokens / elapsed, "steps": len(losses),
             "steady_tokens_per_second": suite.steady(times, [int(per_step)] * len(times)),
-            "final_loss": suite.last_quarter(losses), "peak_memory": _peak_memory(args.device), "notes": []}
+            "final_loss": suite.last_quarter(losses), "peak_memory": _peak_memory(args.device), "notes": [],
+            "end_loss": suite.end_loss(model.get_base_model(), data.train, args.max_seq_len)}
 
 
 class _Collator:

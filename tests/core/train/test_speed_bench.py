@@ -47,6 +47,16 @@ def test_table_shows_failed_variants_and_ratios(capsys: pytest.CaptureFixture[st
     assert "FAILED: RuntimeError: no kernel image" in out and "compile: 18 decoder layers" in out
 
 
+def test_table_compares_the_end_loss_of_the_trained_models(capsys: pytest.CaptureFixture[str]) -> None:
+    """The quality check that does not depend on batch order: each trained model's loss over every example."""
+    ok = {"ok": True, "steps": 4, "tokens_per_second": 100.0, "steady_tokens_per_second": 120.0,
+          "peak_memory": 2**30, "final_loss": 2.0, "notes": []}
+    suite.print_table([{**ok, "group": "g", "variant": "baseline", "ref": True, "end_loss": 1.5},
+                       {**ok, "group": "g", "variant": "ours", "end_loss": 1.53}], "peak RSS")
+    out = capsys.readouterr().out
+    assert "end loss" in out and "1.5300" in out and "+2.0%" in out
+
+
 @pytest.mark.slow
 def test_gpu_suite_smoke_runs_every_variant() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--smoke", "--verbose"],
