@@ -9,7 +9,10 @@ Two suites:
 
 - CPU (default): the real Gemma 3 270M (Q4_K_M GGUF, dequantized) on a realistic mix of chat lengths built
   from ``assets/chat_example.jsonl``. Variants ``ours`` (length-grouped batches of B, the baseline's step
-  count), ``ours-packed`` and ``baseline``. It also measures the machine's bf16 matmul ceiling before and after
+  count), ``ours-packed`` and ``baseline``; ``baseline`` is Trainer fed our epoch's batches in our order (a
+  sampler that reads them in sequence), so both take the same steps on the same batches and the losses compare
+  step for step (in fp32 they are equal: ``tests/core/train/test_speed_bench.py``); ``baseline-random`` keeps
+  Trainer's own random sampler. It also measures the machine's bf16 matmul ceiling before and after
   the variants and states each variant's share of it (matmul FLOPs per trained token / ceiling).
 - GPU (``--gpu``): one command for the whole GPU table, random-weight shapes (no network, no tokenizer):
   Gemma 3 270M and Gemma 3 1B, each ``baseline`` vs ``ours`` (levers at their defaults) vs ``ours-eager``
@@ -147,7 +150,7 @@ def run_ours(args: argparse.Namespace, levers: dict) -> dict:
             "steady_tokens_per_second": suite.steady([s.elapsed_seconds for s in steps], [s.tokens for s in steps]),
             "final_loss": suite.last_quarter([s.loss for s in steps]), "peak_memory": _peak_memory(args.device),
             "flops_per_token": suite.flops_per_token(model_box[0], label_fraction) if model_box else 0.0,
-            "end_loss": end, "notes": notes}
+            "end_loss": end, "notes": notes, "losses": [s.loss for s in steps]}
 
 
 def run_baseline(args: argparse.Namespace) -> dict:
@@ -170,9 +173,11 @@ def run_baseline(args: argparse.Namespace) -> dict:
     precision = train_setup.resolve_precision(cfg.dtype, device)
     bundle = train_setup.load_model(cfg, Settings(), precision, device)
     data = train_setup.prepare_data(cfg, bundle)
-    features = [{"input_ids": list(ex.input_ids[:args.max_seq_len]),
-                 "attention_mask": [1] * len(ex.input_ids[:args.max_seq_len]),
-                 "labels": list(ex.labels[:args.max_seq_len])} for ex in data.train]
+    same_order = args.variant == "baseline"
+    features, step_tokens = _baseline_features(data.train, args) if same_order else (
+        [{"input_ids": list(ex.input_ids[:args.max_seq_len]),
+          "attention_mask": [1] * len(ex.input_ids[:args.max_seq_len]),
+          "labels": list(ex.labels[:args.max_seq_len])} for ex in data.train], [])
     model = bundle.model
     model.config.use_cache = False
     targets = train_setup.default_target_modules(model)
@@ -204,19 +209,53 @@ def run_baseline(args: argparse.Namespace) -> dict:
         remove_unused_columns=False, disable_tqdm=True)
     collator = _Collator(tokenizer.pad_token_id or 0) if args.shape else DataCollatorForSeq2Seq(
         tokenizer, padding="longest", label_pad_token_id=-100)
-    trainer = Trainer(model=model, args=targs, train_dataset=features, data_collator=collator, callbacks=[Losses()])
+    trainer_cls = _in_order_trainer() if same_order else Trainer
+    trainer = trainer_cls(model=model, args=targs, train_dataset=features, data_collator=collator,
+                          callbacks=[Losses()])
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - start
     tokens = sum(tokens_of)  # one epoch: every example once
-    per_step = tokens / max(len(marks), 1)  # the Trainer's sampler is random: spread the tokens evenly
+    per_step = tokens / max(len(marks), 1)  # a random sampler: spread the tokens evenly
     times = [t - start for t, _ in marks]
+    per_steps = step_tokens if len(step_tokens) == len(times) else [int(per_step)] * len(times)
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_second": tokens / elapsed, "steps": len(losses),
-            "steady_tokens_per_second": suite.steady(times, [int(per_step)] * len(times)),
+            "steady_tokens_per_second": suite.steady(times, per_steps),
             "final_loss": suite.last_quarter(losses), "peak_memory": _peak_memory(args.device), "notes": [],
-            "end_loss": suite.end_loss(model.get_base_model(), data.train, args.max_seq_len)}
+            "end_loss": suite.end_loss(model.get_base_model(), data.train, args.max_seq_len), "losses": losses}
+
+
+def _baseline_features(examples: list, args: argparse.Namespace) -> tuple[list[dict], list[int]]:
+    """Our epoch's micro-batches, in our order, as Trainer features (so the baseline takes the same steps on the
+    same batches and the losses compare step for step), and the tokens of each step."""
+    from llamaforge_tui.core.train.batching import plan_epoch, to_segments
+    from llamaforge_tui.core.train.loss import IGNORE_INDEX
+
+    batches = plan_epoch(to_segments(examples, args.max_seq_len), batch_size=args.batch,
+                         max_seq_len=args.max_seq_len, packing=False, seed=0, epoch=0)
+    features, step_tokens = [], []
+    for batch in batches:
+        step_tokens.append(batch.n_tokens)
+        for (seg,) in batch.rows:
+            labels = [IGNORE_INDEX, *seg.targets[:-1]]  # targets are the labels shifted left by one
+            features.append({"input_ids": list(seg.input_ids), "attention_mask": [1] * len(seg.input_ids),
+                             "labels": labels})
+    return features, step_tokens
+
+
+def _in_order_trainer() -> type:
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
+
+    class InOrder(Trainer):
+        """Trainer reading its dataset in the order given (the batches are already made)."""
+
+        def _get_train_sampler(self, *_a: object, **_k: object) -> SequentialSampler:
+            return SequentialSampler(self.train_dataset)
+
+    return InOrder
 
 
 class _Collator:
@@ -239,7 +278,7 @@ class _Collator:
 def _child(args: argparse.Namespace) -> None:
     if args.shape:
         suite.install_synthetic(args.shape, args.examples, args.max_seq_len)
-    if args.variant == "baseline":
+    if args.variant in ("baseline", "baseline-random"):
         result = run_baseline(args)
     else:
         result = run_ours(args, dict(LEVERS.get(args.variant.replace("-quantized", "").replace("-dequantized", ""),

@@ -3,6 +3,7 @@ run cannot break on a typo, and its table keeps going when a variant fails."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,25 @@ def test_gpu_suite_smoke_runs_every_variant() -> None:
         assert f"tiny        {variant}" in proc.stdout
     assert "FAILED" not in proc.stdout
     assert "bf16 matmul ceiling" in proc.stdout
+
+
+def _child_result(variant: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--variant", variant,
+                           "--shape", "tiny", "--model", "synthetic", "--data", "synthetic", "--dtype", "float32",
+                           "--examples", "32", "--batch", "4", "--max-seq-len", "128", "--lr", "2e-3"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, proc.stderr[-3000:]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_the_baseline_takes_our_steps_on_our_batches() -> None:
+    """The quality comparison is fair: ``baseline`` is Trainer + peft fed our epoch's batches in our order, so in
+    fp32 its loss at every step equals ours (same LoRA init, same maths); ``baseline-random`` (Trainer's own
+    sampler) takes other steps."""
+    ours, baseline, shuffled = (_child_result(v) for v in ("ours", "baseline", "baseline-random"))
+    assert len(ours["losses"]) == len(baseline["losses"]) == len(shuffled["losses"]) == 8
+    assert baseline["losses"] == pytest.approx(ours["losses"], rel=1e-5)
+    assert baseline["final_loss"] == pytest.approx(ours["final_loss"], rel=1e-5)
+    assert baseline["end_loss"] == pytest.approx(ours["end_loss"], rel=1e-5)
+    assert shuffled["losses"] != pytest.approx(ours["losses"], rel=1e-3)
