@@ -81,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "falls back to eager if compiling fails)")
     parser.add_argument("--head-kernel", choices=("auto", "compiled", "eager"), help="the head loss's softmax "
                         "kernel (auto: eager, as measured; compiled: fused by torch.compile)")
+    parser.add_argument("--fused", choices=("auto", "on", "off"), help="RMSNorm and gated-MLP activations that "
+                        "keep less for backward (same forward, checked bit for bit; auto: on for the CPU, as "
+                        "measured)")
     parser.add_argument("--plan", action="store_true", help="print the plan (steps, memory estimate, fit, ETA) "
                         "without training")
     parser.add_argument("--eval-at-end", action=argparse.BooleanOptionalAction, default=None,
@@ -108,7 +111,7 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
         changes["packing"] = False
     if getattr(args, "gradient_checkpointing", False):
         changes["gradient_checkpointing"] = True
-    for option in ("compile", "head_kernel"):
+    for option in ("compile", "head_kernel", "fused"):
         if getattr(args, option, None) is not None:
             changes[option] = getattr(args, option)
     if getattr(args, "eval_at_end", None) is not None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from llamaforge_tui.core.train import fused
+
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -110,10 +112,10 @@ def compile_layers(model: Any, mode: str, device_type: str) -> tuple[int, str]:
     try:
         for layer in layers:
             layer.compile(dynamic=True)
+            fused.set_fused(layer, False)  # the compiler fuses norms and activations itself
     except Exception as exc:  # noqa: BLE001 - never end a run over an optimisation
         log.warning("compiling the decoder layers failed: %s", exc)
-        for layer in layers:
-            layer._compiled_call_impl = None  # back to the eager forward
+        uncompile_layers(model)
         return 0, f"compile: failed ({type(exc).__name__}); eager layers"
     return len(layers), f"compile: {len(layers)} decoder layers (regional, dynamic shapes, widths bucketed to {BUCKET})"
 
@@ -122,6 +124,7 @@ def uncompile_layers(model: Any) -> None:
     """Return compiled layers to eager (used when the first compiled step fails)."""
     for layer in decoder_layers(model):
         layer._compiled_call_impl = None
+        fused.set_fused(layer, True)
 
 
 def is_compile_error(exc: BaseException) -> bool:

@@ -37,6 +37,7 @@ WEIGHT_TRADEOFFS = {
 POLICIES = ("skip", "strict")
 COMPILE_MODES = ("auto", "on", "off")  # kept equal to core.train.compile.COMPILE_MODES (a test checks)
 HEAD_KERNELS = ("auto", "compiled", "eager")  # and to core.train.loss.HEAD_KERNELS
+FUSED_MODES = ("auto", "on", "off")  # and to core.train.fused.FUSED_MODES
 # Modules LoRA must never wrap: the vocabulary-sized matrices would cost more than the whole adapter.
 FORBIDDEN_TARGETS = frozenset({"embed_tokens", "lm_head", "wte", "wpe", "embed_out", "output"})
 
@@ -78,6 +79,7 @@ class TrainConfig:
     # Speed levers (core/train/compile.py, loss.py); "auto" takes the default measured for the device.
     compile: str = "auto"  # torch.compile the decoder layers, regionally: auto | on | off
     head_kernel: str = "auto"  # the head loss's per-chunk softmax: auto | compiled | eager
+    fused: str = "auto"  # RMSNorm and gated-MLP activations that keep less for backward: auto | on | off
     dtype: str = "auto"  # auto: bf16 autocast where the hardware is fast at it
     device: str = "auto"  # auto: a CUDA/ROCm GPU, else the Apple GPU (mps), else the CPU
     # Bookkeeping.
@@ -118,6 +120,7 @@ class TrainConfig:
             (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
             (self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}"),
             (self.head_kernel in HEAD_KERNELS, f"head_kernel must be one of {', '.join(HEAD_KERNELS)}"),
+            (self.fused in FUSED_MODES, f"fused must be one of {', '.join(FUSED_MODES)}"),
             (self.weights in WEIGHTS, f"weights must be one of {', '.join(WEIGHTS)}"),
             (self.data_policy in POLICIES, f"data_policy must be one of {', '.join(POLICIES)}"),
             (self.log_every >= 1, "log_every must be >= 1"),

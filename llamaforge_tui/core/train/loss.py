@@ -175,7 +175,9 @@ def _head_cross_entropy_class() -> Any:
                 part, grad_logits = _run_chunk(kind, logits, tgt, softcap, None if work is None else work[:k])
                 total += part
                 if grad_hidden is not None:
-                    torch.mm(grad_logits.to(weight.dtype), weight, out=grad_hidden[start:start + k])
+                    if grad_logits.dtype != weight.dtype:  # narrow it into the logits buffer, free by now
+                        grad_logits = logits_buf[:k].copy_(grad_logits)
+                    torch.mm(grad_logits, weight, out=grad_hidden[start:start + k])
             if grad_hidden is not None:
                 ctx.save_for_backward(grad_hidden)
             return total

@@ -24,8 +24,8 @@ from llamaforge_tui.core.train import checkpoint as ckpt
 from llamaforge_tui.core.train import compile as compile_mod
 from llamaforge_tui.core.train import device as device_mod
 from llamaforge_tui.core.train import distributed as dist
-from llamaforge_tui.core.train import failures
-from llamaforge_tui.core.train import runs
+from llamaforge_tui.core.train import failures, runs
+from llamaforge_tui.core.train import fused as fused_mod
 from llamaforge_tui.core.train import setup as setup_mod
 from llamaforge_tui.core.train.batching import BatchStream, plan_epoch, to_segments
 from llamaforge_tui.core.errors import ConfigError, LlamaForgeError
@@ -148,6 +148,7 @@ class TrainingRecipe(RecipeEvaluation):
 
         cfg = self.config
         base_model.config.use_cache = False
+        self.say(fused_mod.fuse_modules(base_model, cfg.fused, self.device.type)[2])  # before LoRA wraps the MLPs
         torch.manual_seed(cfg.seed)  # LoRA's A matrices are random: same seed, same start, on every rank
         self.model = setup_mod.apply_lora(base_model, cfg)
         self.model.train()

@@ -1,0 +1,240 @@
+"""Fused RMSNorm and gated-MLP activations for training: the same forward, less kept for backward.
+
+A model's RMSNorm computes in fp32 and autograd keeps the fp32 copy of its input (and more) for backward;
+the gated MLP keeps the gate, the activation's output and the up projection. Under LoRA the norms' weights and
+the projections are frozen, so backward needs much less: the norm's input in its own dtype and one fp32 scale
+per row, and the MLP's gate and up. These functions keep only that and recompute the rest in backward.
+
+Measured on Gemma 3 270M (bf16 autocast, a 1,120-token micro-batch): autograd kept 961 MiB, of which the
+norms' fp32 copies were 296 MiB and the activation's output 79 MiB.
+
+Layers that ``torch.compile`` compiles get their original forms back (:func:`set_fused`): the compiler fuses
+them itself, and better.
+
+Safety: a module is patched only if its class is one of the known forms AND, on a random input, the fused
+forward equals the module's own forward bit for bit (in fp32 and bf16). Anything else stays as it was. The
+backward formulas are checked against autograd in ``tests/core/train/test_fused.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FUSED_MODES = ("auto", "on", "off")
+
+# norm class name -> how the weight applies: "one_plus" (Gemma: (x_hat * (1 + w)) in fp32, then cast) or
+# "scale_after_cast" (Llama and its kin: w * x_hat.to(input dtype))
+_NORMS = {
+    "Gemma3RMSNorm": "one_plus", "GemmaRMSNorm": "one_plus", "Gemma2RMSNorm": "one_plus",
+    "LlamaRMSNorm": "scale_after_cast", "Qwen2RMSNorm": "scale_after_cast", "Qwen3RMSNorm": "scale_after_cast",
+    "MistralRMSNorm": "scale_after_cast", "Phi3RMSNorm": "scale_after_cast", "Olmo2RMSNorm": "scale_after_cast",
+}
+_MLPS = ("Gemma3MLP", "GemmaMLP", "Gemma2MLP", "LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP")
+
+
+def _eps(module: Any) -> float | None:
+    for name in ("eps", "variance_epsilon"):
+        value = getattr(module, name, None)
+        if isinstance(value, float):
+            return value
+    return None
+
+
+def _norm_function() -> Any:
+    import torch
+
+    class FusedRMSNorm(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float, form: str) -> torch.Tensor:
+            xf = x.float()
+            rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            if form == "one_plus":
+                out = (xf * rstd * (1.0 + weight.float())).type_as(x)
+            else:
+                out = weight * (xf * rstd).to(x.dtype)
+            ctx.save_for_backward(x, weight, rstd)
+            ctx.form = form
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+            x, weight, rstd = ctx.saved_tensors
+            x_hat = x.float() * rstd
+            if ctx.form == "one_plus":
+                g = grad_out.float() * (1.0 + weight.float())
+            else:
+                g = (grad_out * weight).float()
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                dot = (g * x_hat).mean(-1, keepdim=True)
+                grad_x = ((g - x_hat * dot) * rstd).to(x.dtype)
+            grad_w = None
+            if ctx.needs_input_grad[1]:
+                if ctx.form == "one_plus":
+                    grad_w = (grad_out.float() * x_hat).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+                else:
+                    grad_w = (grad_out * x_hat.to(x.dtype)).float().reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+            return grad_x, grad_w, None, None
+
+    return FusedRMSNorm
+
+
+def _act_mul_function() -> Any:
+    import torch
+
+    class FusedActMul(torch.autograd.Function):
+        """act(gate) * up, keeping only gate and up for backward."""
+
+        @staticmethod
+        def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, kind: str) -> torch.Tensor:
+            ctx.save_for_backward(gate, up)
+            ctx.kind = kind
+            return _act(gate, kind) * up
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+            gate, up = ctx.saved_tensors
+            grad_gate = grad_up = None
+            if ctx.needs_input_grad[1]:
+                grad_up = grad_out * _act(gate, ctx.kind)
+            if ctx.needs_input_grad[0]:
+                through = grad_out * up
+                if ctx.kind == "silu":
+                    grad_gate = torch.ops.aten.silu_backward(through, gate)
+                else:
+                    grad_gate = torch.ops.aten.gelu_backward(through, gate, approximate=ctx.kind.split(":")[1])
+            return grad_gate, grad_up, None
+
+    return FusedActMul
+
+
+def _act(x: Any, kind: str) -> Any:
+    import torch
+
+    if kind == "silu":
+        return torch.nn.functional.silu(x)
+    return torch.nn.functional.gelu(x, approximate=kind.split(":")[1])
+
+
+def _act_kind(act: Any) -> str | None:
+    """'silu', 'gelu:tanh' or 'gelu:none' for the activation modules transformers uses, else None."""
+    import torch
+
+    if isinstance(act, torch.nn.SiLU):
+        return "silu"
+    name = type(act).__name__
+    if name in ("SiLUActivation",):
+        return "silu"
+    if name in ("PytorchGELUTanh", "GELUTanh"):
+        return "gelu:tanh"
+    if isinstance(act, torch.nn.GELU):
+        return f"gelu:{act.approximate}"
+    inner = getattr(act, "act", None)  # GELUActivation wraps nn.functional.gelu or nn.GELU
+    if isinstance(inner, torch.nn.GELU):
+        return f"gelu:{inner.approximate}"
+    return None
+
+
+_FUNCTIONS: dict[str, Any] = {}
+
+
+def _fn(name: str) -> Any:
+    if name not in _FUNCTIONS:
+        _FUNCTIONS[name] = _norm_function() if name == "norm" else _act_mul_function()
+    return _FUNCTIONS[name]
+
+
+def _fused_norm_forward(module: Any, form: str, eps: float) -> Any:
+    fn = _fn("norm")
+
+    def forward(x: Any) -> Any:
+        return fn.apply(x, module.weight, eps, form)
+
+    return forward
+
+
+def _fused_mlp_forward(module: Any, kind: str) -> Any:
+    fn = _fn("act_mul")
+
+    def forward(x: Any) -> Any:
+        return module.down_proj(fn.apply(module.gate_proj(x), module.up_proj(x), kind))
+
+    return forward
+
+
+def set_fused(root: Any, on: bool) -> int:
+    """Switch the fused forms under ``root`` off (the class's own forward again) or back on. Compiled layers
+    take the original forms: the compiler fuses them itself, and measured better so (Gemma 3 270M, CPU:
+    compiled with the fused forms 2,240 MiB peak and 3% slower steps, against 2,191 MiB without)."""
+    count = 0
+    for module in root.modules():
+        fused = module.__dict__.get("_lf_fused")
+        if fused is None:
+            continue
+        if on:
+            module.forward = fused
+        else:
+            module.__dict__.pop("forward", None)
+        count += 1
+    return count
+
+
+def _same_forward(original: Any, fused: Any, width: int, dtype: Any, device: Any) -> bool:
+    """The fused forward gives exactly the module's own output on a random input (no autograd)."""
+    import torch
+
+    torch_gen = torch.Generator().manual_seed(7)
+    x = (torch.randn((3, 5, width), generator=torch_gen) * 3).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        try:
+            return bool(torch.equal(original(x), fused(x)))
+        except Exception:  # noqa: BLE001 - a form we do not know: leave the module alone
+            return False
+
+
+def default_fused(device_type: str) -> bool:
+    """What ``fused = "auto"`` picks: on for the CPU, where it was measured (Gemma 3 270M on the 2-core EPYC:
+    see README "Training speed"); off elsewhere until measured there."""
+    return device_type == "cpu"
+
+
+def fuse_modules(model: Any, mode: str = "auto", device_type: str = "cpu") -> tuple[int, int, str]:
+    """Patch the norms and gated MLPs of ``model`` (in place) with the fused forms. Returns (norms, mlps,
+    a line for the run's log). ``off`` (or ``auto`` where :func:`default_fused` says no): nothing."""
+    import torch
+
+    if mode == "off" or (mode == "auto" and not default_fused(device_type)):
+        return 0, 0, f"fused norms/activations: off{' (auto on ' + device_type + ')' if mode == 'auto' else ''}"
+    norms = mlps = 0
+    refused: set[str] = set()
+    for module in model.modules():
+        name = type(module).__name__
+        weight = getattr(module, "weight", None)
+        if name in _NORMS and isinstance(weight, torch.Tensor) and weight.ndim == 1 and _eps(module) is not None:
+            fused = _fused_norm_forward(module, _NORMS[name], _eps(module))
+            dtypes = {torch.float32, weight.dtype}
+            if weight.device.type == "cpu":
+                dtypes.add(torch.bfloat16)
+            if all(_same_forward(module.forward, fused, weight.shape[0], d, weight.device) for d in dtypes):
+                module.forward = module._lf_fused = fused
+                norms += 1
+            else:
+                refused.add(name)
+        elif name in _MLPS and all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            kind = _act_kind(module.act_fn)
+            first = next(module.parameters(), None)
+            width = getattr(module, "hidden_size", None) or getattr(module.gate_proj, "in_features", None)
+            fused = _fused_mlp_forward(module, kind) if kind else None
+            if (fused is None or first is None or not isinstance(width, int)
+                    or not _same_forward(module.forward, fused, width, first.dtype, first.device)):
+                refused.add(f"{name} ({type(module.act_fn).__name__})")
+                continue
+            module.forward = module._lf_fused = fused
+            mlps += 1
+    note = f"fused norms/activations: {norms} norms, {mlps} MLPs"
+    if refused:
+        note += f" (left as they were: {', '.join(sorted(refused))})"
+    return norms, mlps, note

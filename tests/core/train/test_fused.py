@@ -1,0 +1,188 @@
+"""core/train/fused.py: fused RMSNorm and gated-MLP activations give the module's own forward bit for bit,
+gradients within tolerance of autograd, keep less for backward, and step aside for compiled layers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Gemma3TextConfig, LlamaConfig
+from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM, Gemma3MLP, Gemma3RMSNorm
+from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaMLP, LlamaRMSNorm
+
+from llamaforge_tui.core.train import compile as compile_mod
+from llamaforge_tui.core.train import config as config_mod
+from llamaforge_tui.core.train import fused
+
+
+def _norm(cls: type, width: int = 48) -> torch.nn.Module:
+    torch.manual_seed(0)
+    norm = cls(width, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(0.3, 0.5)
+    return norm
+
+
+def _grads(module: torch.nn.Module, x: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    out = module(x)
+    torch.manual_seed(seed)
+    out.backward(torch.randn_like(out))
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("cls", [Gemma3RMSNorm, LlamaRMSNorm])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_norm_equals_the_module_forward_and_autograd(cls: type, dtype: torch.dtype) -> None:
+    norm = _norm(cls).to(dtype)
+    x = (torch.randn(3, 7, 48) * 4).to(dtype)
+    ref_out, ref_dx, ref_dw = _grads(norm, x)
+    n, _, _ = fused.fuse_modules(norm, "on")
+    assert n == 1 and "forward" in norm.__dict__
+    out, dx, dw = _grads(norm, x)
+    assert torch.equal(out, ref_out)  # the forward is the same arithmetic
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(dx.float(), ref_dx.float(), rtol=tol, atol=tol * 1e-1)
+    assert torch.allclose(dw["weight"].float(), ref_dw["weight"].float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kind", ["gemma", "llama"])
+def test_fused_mlp_equals_the_module_forward_and_autograd(kind: str) -> None:
+    torch.manual_seed(0)
+    if kind == "gemma":
+        mlp = Gemma3MLP(Gemma3TextConfig(hidden_size=32, intermediate_size=96, hidden_activation="gelu_pytorch_tanh"))
+    else:
+        mlp = LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=96, hidden_act="silu"))
+    x = torch.randn(2, 5, 32)
+    ref_out, ref_dx, ref_dw = _grads(mlp, x)
+    _, m, _ = fused.fuse_modules(mlp, "on")
+    assert m == 1
+    out, dx, dw = _grads(mlp, x)
+    assert torch.equal(out, ref_out)
+    assert torch.allclose(dx, ref_dx, rtol=1e-5, atol=1e-6)
+    assert dw.keys() == ref_dw.keys() and len(dw) == 3
+    for name in dw:
+        assert torch.allclose(dw[name], ref_dw[name], rtol=1e-5, atol=1e-6), name
+
+
+def test_a_norm_of_another_form_is_left_alone() -> None:
+    """Same class name, other arithmetic (weight applied before the cast): the bit-for-bit check refuses it."""
+
+    class LlamaRMSNorm(torch.nn.Module):  # noqa: N801 - the name is the point
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.full((16,), 1.5))
+            self.variance_epsilon = 1e-6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            xf = x.float()
+            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight).to(x.dtype)
+
+    norm = LlamaRMSNorm()
+    n, _, note = fused.fuse_modules(norm, "on")
+    assert n == 0 and "forward" not in norm.__dict__ and "left as they were: LlamaRMSNorm" in note
+
+
+def test_modes_and_the_auto_default() -> None:
+    assert config_mod.FUSED_MODES == fused.FUSED_MODES
+    norm = _norm(LlamaRMSNorm)
+    assert fused.fuse_modules(norm, "off")[0] == 0 and "forward" not in norm.__dict__
+    assert fused.fuse_modules(norm, "auto", "cuda")[0] == 0  # measured on the CPU only
+    assert fused.fuse_modules(norm, "auto", "cpu")[0] == 1
+    with pytest.raises(Exception, match="fused must be one of"):
+        config_mod.TrainConfig(fused="maybe")
+
+
+def _tiny_gemma() -> Gemma3ForCausalLM:
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=32, sliding_window=64,
+                           max_position_embeddings=256)
+    model = Gemma3ForCausalLM(cfg)
+    model.config.use_cache = False
+    return model
+
+
+def _saved_bytes(model: torch.nn.Module, ids: torch.Tensor) -> int:
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids).last_hidden_state.float().sum()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(v for k, v in seen.items() if k not in params)
+
+
+def test_a_model_fused_keeps_less_and_trains_the_same() -> None:
+    """A tiny Gemma 3 with LoRA: same logits bit for bit, LoRA gradients within fp32 tolerance, and, in bf16
+    under autocast as training runs, fewer bytes kept for backward (the norms' fp32 copies and the
+    activation's output are gone)."""
+    from peft import LoraConfig, get_peft_model
+
+    ids = torch.randint(0, 512, (2, 40))
+    results = []
+    for mode in ("off", "on"):
+        model = _tiny_gemma()
+        norms, mlps, _ = fused.fuse_modules(model, mode)
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "gate_proj",
+                                                                                      "down_proj"]))
+        with torch.no_grad():  # LoRA B starts at zero: give it values so its gradients flow into A too
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+        logits = model(input_ids=ids).logits
+        logits.float().logsumexp(-1).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        decoder = model.get_base_model().model.to(torch.bfloat16)  # as training holds it: bf16 under autocast
+        results.append((norms, mlps, logits.detach(), grads, _saved_bytes(decoder, ids)))
+    (n0, m0, logits0, g0, kept0), (n1, m1, logits1, g1, kept1) = results
+    assert (n0, m0) == (0, 0) and n1 == 2 * 6 + 1 and m1 == 2  # 4 block norms + q/k norms per layer, final norm
+    assert torch.equal(logits0, logits1)
+    for name in g0:
+        assert torch.allclose(g0[name], g1[name], rtol=1e-4, atol=1e-6), name
+    assert kept1 < 0.8 * kept0, (kept1, kept0)
+
+
+def test_compiled_layers_take_the_original_forms_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _tiny_gemma()
+    fused.fuse_modules(model, "on")
+    layer = compile_mod.decoder_layers(model)[0]
+    monkeypatch.setattr(compile_mod, "compiler_usable", lambda _d: (True, ""))
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **_k: None)  # no real compile in this test
+    compiled, _ = compile_mod.compile_layers(model, "on", "cpu")
+    assert compiled == 2
+    assert "forward" not in layer.input_layernorm.__dict__ and "forward" not in layer.mlp.__dict__
+    assert "forward" in model.model.norm.__dict__  # outside the layers: still fused
+    compile_mod.uncompile_layers(model)
+    assert "forward" in layer.input_layernorm.__dict__ and "forward" in layer.mlp.__dict__
+
+
+def test_a_run_says_what_was_fused_and_matches_an_unfused_run(tmp_path: Path) -> None:
+    """Through the trainer, fp32: the run's log names the fused modules, and its losses equal the unfused run's."""
+    from llamaforge_tui.core.settings import Settings
+    from llamaforge_tui.core.train.config import TrainConfig
+    from llamaforge_tui.core.train.trainer import run
+    from tests.fixtures.train_models import make_tiny_llama, write_qa_jsonl
+
+    model_dir = make_tiny_llama(tmp_path / "model")
+    data = write_qa_jsonl(tmp_path / "qa.jsonl", repeat=2)
+    runs = {}
+    for mode in ("off", "on"):
+        events: list = []
+        cfg = TrainConfig(model=str(model_dir), data=str(data), max_steps=4, batch_size=4, max_seq_len=64,
+                          dtype="float32", save_every=0, fused=mode, output_dir=str(tmp_path / f"run-{mode}"),
+                          warmup_steps=0, learning_rate=1e-3)
+        result = run(cfg, events.append, threading.Event(), settings=Settings(runs_dir=str(tmp_path)))
+        assert result.ok, result.reason
+        runs[mode] = ([e.loss for e in events if type(e).__name__ == "StepLogged"],
+                      [e.message for e in events if type(e).__name__ == "LogLine" and e.message.startswith("fused norms")])
+    assert runs["off"][1] == ["fused norms/activations: off"]
+    assert runs["on"][1] and "norms" in runs["on"][1][0] and "MLPs" in runs["on"][1][0]
+    assert runs["on"][0] == pytest.approx(runs["off"][0], rel=1e-5)
