@@ -15,7 +15,10 @@ coefficient fitted to these peaks (the ratios after the fit, from the same measu
 gemma-f32-b8-short-64 1.26 (1.19: its 2 steps missed the data's widest batch), gemma-f32-b8-short-1024 1.13
 (1.07), gemma-bf16-b8-medium-1024 1.07 (1.05), gemma-f32-b2-long-1024 1.10 (1.07), gemma-bf16-b4-long-512 1.06
 (1.05), tiny-f32-b4-short-256 1.10, small-f32-b8-medium-1024 1.10, small-bf16-b16-long-512 1.00. The slow test
-(tests/core/model/test_memory_plan.py) checks the fitted formula against a full epoch on the real Gemma. Not yet
+(tests/core/model/test_memory_plan.py) checks the fitted formula against a full epoch on the real Gemma.
+Then, with the fused norms and activations (``--fused``, on by default on a CPU; estimate / measured with the
+fused count of core/model/memory.py): gemma-bf16-b8-medium-1024 1.11 (3,320 MiB measured), gemma-f32-b2-long-1024
+1.02 (4,830 MiB), gemma-bf16-b4-long-512 1.11 (2,689 MiB), small-bf16-b16-long-512 0.92 (2,270 MiB). Not yet
 measured on a GPU (``--device cuda``).
 """
 

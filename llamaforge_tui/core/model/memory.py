@@ -45,6 +45,14 @@ CUDA_CONTEXT = 600 * MIB  # the CUDA context and cuBLAS workspaces: outside max_
 # hidden size h, the MLP width ff, and the query and key/value widths. Fitted to Gemma 3 and Llama shapes.
 FP32_SAVED_PER_H = 8.0
 SAVED_PER_H, SAVED_PER_FF, SAVED_PER_Q, SAVED_PER_KV = 4.0, 5.5, 5.0, 4.0
+# With the fused norms and activations (core/train/fused.py; on by default on a CPU) a layer keeps what its
+# backward needs, counted tensor by tensor in the compute dtype: 6 of width h (the four norms' inputs, the two
+# normed inputs of the LoRA projections), 4 of the query width (q before and after RoPE, attention's output and
+# its reshaped copy), 3 of the key/value width, 3 of the MLP width (gate, up, their product); times a slack
+# fitted to measured peaks (bench_memory, CPU: 1.01-1.06 for Gemma 3 270M in bf16, 1.26 in fp32, 1.46 for a
+# random Llama with grouped KV heads; one factor for all keeps the estimate within 0.92-1.12 of each).
+FUSED_SAVED_PER_H, FUSED_SAVED_PER_FF, FUSED_SAVED_PER_Q, FUSED_SAVED_PER_KV = 6.0, 3.0, 4.0, 3.0
+FUSED_SLACK = 1.3
 # One chunk of logits at its peak: the matmul's output buffer (compute dtype, the gradient goes back through
 # it) and one fp32 work buffer, both reused by every chunk, plus the allocator's slack. Under bf16 that is
 # 2 + 4 bytes a logit; counted as 8 (the softcap's tanh needs one more fp32 copy).
@@ -151,8 +159,9 @@ def lora_parameters(config: Any, rank: int, targets: tuple[str, ...] = DEFAULT_L
 
 
 def activation_bytes(config: Any, batch_size: int, seq_len: int, dtype_size: int, *,
-                     gradient_checkpointing: bool = False) -> int:
-    """Bytes the forward pass saves for backward over ``batch_size x seq_len`` tokens (padding included)."""
+                     gradient_checkpointing: bool = False, fused: bool = False) -> int:
+    """Bytes the forward pass saves for backward over ``batch_size x seq_len`` tokens (padding included);
+    ``fused``: with core/train/fused.py's norms and activations."""
     h = int(_cfg(config, "hidden_size"))
     ff = int(_cfg(config, "intermediate_size"))
     heads = int(_cfg(config, "num_attention_heads"))
@@ -160,9 +169,13 @@ def activation_bytes(config: Any, batch_size: int, seq_len: int, dtype_size: int
     hd = int(_cfg(config, "head_dim", 0) or h // heads)
     layers = int(_cfg(config, "num_hidden_layers"))
     tokens = batch_size * seq_len
-    per_token_layer = (FP32_SAVED_PER_H * h * 4
-                       + (SAVED_PER_H * h + SAVED_PER_FF * ff + SAVED_PER_Q * heads * hd + SAVED_PER_KV * kv * hd)
-                       * dtype_size)
+    if fused:
+        per_token_layer = (FUSED_SAVED_PER_H * h + FUSED_SAVED_PER_FF * ff + FUSED_SAVED_PER_Q * heads * hd
+                           + FUSED_SAVED_PER_KV * kv * hd) * dtype_size * FUSED_SLACK
+    else:
+        per_token_layer = (FP32_SAVED_PER_H * h * 4
+                           + (SAVED_PER_H * h + SAVED_PER_FF * ff + SAVED_PER_Q * heads * hd
+                              + SAVED_PER_KV * kv * hd) * dtype_size)
     if gradient_checkpointing:  # each layer keeps its input; one layer at a time is recomputed in full
         return int(tokens * (layers * h * dtype_size + per_token_layer))
     return int(tokens * layers * per_token_layer)
@@ -193,7 +206,7 @@ def estimate_memory(config: Any, *, dtype: Any = "bfloat16", device: str | torch
                     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS, weights_bytes: int | None = None,
                     gradient_checkpointing: bool = False, free: int | None = None,
                     training: bool = True, batch: BatchShape | None = None, head_chunk_rows: int | None = None,
-                    load_transient: int = 0, pool: str | None = None) -> MemoryEstimate:
+                    load_transient: int = 0, pool: str | None = None, fused: bool = False) -> MemoryEstimate:
     """Estimate the peak memory of training (or, ``training=False``, loading) and compare it with free memory.
 
     ``batch``: the largest micro-batch of the run's data (``core.train.plan``); without it the worst case
@@ -213,7 +226,7 @@ def estimate_memory(config: Any, *, dtype: Any = "bfloat16", device: str | torch
         lora = n_lora * 4
         optimizer = n_lora * 4 * 3  # AdamW moments + gradient, fp32
         activations = activation_bytes(config, shape.rows, shape.width, size,
-                                       gradient_checkpointing=gradient_checkpointing)
+                                       gradient_checkpointing=gradient_checkpointing, fused=fused)
         head = head_bytes(config, shape.label_rows, size, chunk_rows=head_chunk_rows, device=dev)
     runtime = runtime_bytes(config, dev)
     step = lora + optimizer + activations + head

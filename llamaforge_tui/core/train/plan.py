@@ -239,7 +239,13 @@ def _memory(config: TrainConfig, settings: Settings, device: str, batch: BatchSh
                            weights_bytes=weights_bytes, gradient_checkpointing=config.gradient_checkpointing,
                            free=free_bytes, pool=pool, batch=batch,
                            head_chunk_rows=_rows_per_chunk(vocab, device.split(":")[0]) if vocab else None,
-                           load_transient=load_transient)
+                           load_transient=load_transient, fused=_fused(config, device))
+
+
+def _fused(config: TrainConfig, device: str) -> bool:
+    from llamaforge_tui.core.train.fused import default_fused
+
+    return config.fused == "on" or (config.fused == "auto" and default_fused(device.split(":")[0]))
 
 
 def _default_targets() -> tuple[str, ...]:
