@@ -30,7 +30,7 @@ FUSED_MODES = ("auto", "on", "off")
 _NORMS = {
     "Gemma3RMSNorm": "one_plus", "GemmaRMSNorm": "one_plus", "Gemma2RMSNorm": "one_plus",
     "LlamaRMSNorm": "scale_after_cast", "Qwen2RMSNorm": "scale_after_cast", "Qwen3RMSNorm": "scale_after_cast",
-    "MistralRMSNorm": "scale_after_cast", "Phi3RMSNorm": "scale_after_cast", "Olmo2RMSNorm": "scale_after_cast",
+    "MistralRMSNorm": "scale_after_cast", "Phi3RMSNorm": "scale_after_cast",
 }
 _MLPS = ("Gemma3MLP", "GemmaMLP", "Gemma2MLP", "LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP")
 
@@ -147,22 +147,21 @@ def _fn(name: str) -> Any:
     return _FUNCTIONS[name]
 
 
-def _fused_norm_forward(module: Any, form: str, eps: float) -> Any:
-    fn = _fn("norm")
-
-    def forward(x: Any) -> Any:
-        return fn.apply(x, module.weight, eps, form)
-
-    return forward
+def _fused_norm_forward(self: Any, x: Any) -> Any:
+    return _fn("norm").apply(x, self.weight, self._lf_eps, self._lf_form)
 
 
-def _fused_mlp_forward(module: Any, kind: str) -> Any:
-    fn = _fn("act_mul")
+def _fused_mlp_forward(self: Any, x: Any) -> Any:
+    return self.down_proj(_fn("act_mul").apply(self.gate_proj(x), self.up_proj(x), self._lf_kind))
 
-    def forward(x: Any) -> Any:
-        return module.down_proj(fn.apply(module.gate_proj(x), module.up_proj(x), kind))
 
-    return forward
+def _bind(module: Any, function: Any, **settings: Any) -> Any:
+    """``function`` bound to ``module`` (a bound method, so a deep copy of the model rebinds it to the copy)."""
+    import types
+
+    for key, value in settings.items():
+        setattr(module, f"_lf_{key}", value)
+    return types.MethodType(function, module)
 
 
 def set_fused(root: Any, on: bool) -> int:
@@ -214,7 +213,7 @@ def fuse_modules(model: Any, mode: str = "auto", device_type: str = "cpu") -> tu
         name = type(module).__name__
         weight = getattr(module, "weight", None)
         if name in _NORMS and isinstance(weight, torch.Tensor) and weight.ndim == 1 and _eps(module) is not None:
-            fused = _fused_norm_forward(module, _NORMS[name], _eps(module))
+            fused = _bind(module, _fused_norm_forward, form=_NORMS[name], eps=_eps(module))
             dtypes = {torch.float32, weight.dtype}
             if weight.device.type == "cpu":
                 dtypes.add(torch.bfloat16)
@@ -227,7 +226,7 @@ def fuse_modules(model: Any, mode: str = "auto", device_type: str = "cpu") -> tu
             kind = _act_kind(module.act_fn)
             first = next(module.parameters(), None)
             width = getattr(module, "hidden_size", None) or getattr(module.gate_proj, "in_features", None)
-            fused = _fused_mlp_forward(module, kind) if kind else None
+            fused = _bind(module, _fused_mlp_forward, kind=kind) if kind else None
             if (fused is None or first is None or not isinstance(width, int)
                     or not _same_forward(module.forward, fused, width, first.dtype, first.device)):
                 refused.add(f"{name} ({type(module.act_fn).__name__})")
