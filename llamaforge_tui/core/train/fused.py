@@ -126,7 +126,7 @@ def _act_kind(act: Any) -> str | None:
     if isinstance(act, torch.nn.SiLU):
         return "silu"
     name = type(act).__name__
-    if name in ("SiLUActivation",):
+    if name == "SiLUActivation":
         return "silu"
     if name in ("PytorchGELUTanh", "GELUTanh"):
         return "gelu:tanh"
@@ -200,12 +200,17 @@ def default_fused(device_type: str) -> bool:
     return device_type == "cpu"
 
 
+def enabled(mode: str, device_type: str) -> bool:
+    """Whether a run with ``fused = mode`` on ``device_type`` fuses (the trainer and the memory plan ask this)."""
+    return mode == "on" or (mode == "auto" and default_fused(device_type))
+
+
 def fuse_modules(model: Any, mode: str = "auto", device_type: str = "cpu") -> tuple[int, int, str]:
     """Patch the norms and gated MLPs of ``model`` (in place) with the fused forms. Returns (norms, mlps,
     a line for the run's log). ``off`` (or ``auto`` where :func:`default_fused` says no): nothing."""
     import torch
 
-    if mode == "off" or (mode == "auto" and not default_fused(device_type)):
+    if not enabled(mode, device_type):
         return 0, 0, f"fused norms/activations: off{' (auto on ' + device_type + ')' if mode == 'auto' else ''}"
     norms = mlps = 0
     refused: set[str] = set()

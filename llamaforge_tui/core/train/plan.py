@@ -243,9 +243,9 @@ def _memory(config: TrainConfig, settings: Settings, device: str, batch: BatchSh
 
 
 def _fused(config: TrainConfig, device: str) -> bool:
-    from llamaforge_tui.core.train.fused import default_fused
+    from llamaforge_tui.core.train.fused import enabled
 
-    return config.fused == "on" or (config.fused == "auto" and default_fused(device.split(":")[0]))
+    return enabled(config.fused, device.split(":")[0])
 
 
 def _default_targets() -> tuple[str, ...]:

@@ -182,7 +182,8 @@ def test_a_run_says_what_was_fused_and_matches_an_unfused_run(tmp_path: Path) ->
         result = run(cfg, events.append, threading.Event(), settings=Settings(runs_dir=str(tmp_path)))
         assert result.ok, result.reason
         runs[mode] = ([e.loss for e in events if type(e).__name__ == "StepLogged"],
-                      [e.message for e in events if type(e).__name__ == "LogLine" and e.message.startswith("fused norms")])
+                      [e.message for e in events
+                       if type(e).__name__ == "LogLine" and e.message.startswith("fused norms")])
     assert runs["off"][1] == ["fused norms/activations: off"]
     assert runs["on"][1] and "norms" in runs["on"][1][0] and "MLPs" in runs["on"][1][0]
     assert runs["on"][0] == pytest.approx(runs["off"][0], rel=1e-5)
@@ -199,4 +200,5 @@ def test_a_deep_copy_of_a_fused_model_uses_its_own_weights() -> None:
         twin_norm.weight.add_(1.0)
     x = torch.randn(2, 5, 64)
     assert not torch.equal(norm(x), twin_norm(x))
-    assert twin_norm.forward.__self__ is twin_norm and twin.model.layers[0].mlp.forward.__self__ is twin.model.layers[0].mlp
+    twin_mlp = twin.model.layers[0].mlp
+    assert twin_norm.forward.__self__ is twin_norm and twin_mlp.forward.__self__ is twin_mlp
