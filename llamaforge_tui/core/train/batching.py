@@ -60,6 +60,22 @@ class Batch:
     def width(self) -> int:
         return max(sum(len(s.input_ids) for s in row) for row in self.rows)
 
+    def split(self, max_tokens: int) -> tuple[Batch, ...]:
+        """The rows in order, in as few groups as keep each group's padded size (rows x its width) within
+        ``max_tokens``, as even as that allows; a row wider than ``max_tokens`` goes alone. 0: no split.
+
+        Run one after another with their gradients summed, the groups make exactly the batch's step (the loss
+        is summed over targets, not averaged per row), with a fraction of its activation memory."""
+        if max_tokens <= 0 or len(self.rows) == 1 or len(self.rows) * self.width <= max_tokens:
+            return (self,)
+        parts = min(len(self.rows), -(-len(self.rows) * self.width // max_tokens))
+        while True:  # the fewest even groups that fit (rows differ in width, so an even split may not)
+            size = -(-len(self.rows) // parts)
+            groups = [Batch(self.rows[i:i + size]) for i in range(0, len(self.rows), size)]
+            if size == 1 or all(len(g.rows) * g.width <= max_tokens for g in groups):
+                return tuple(groups)
+            parts += 1
+
     def tensors(self, device: Any, pad_id: int = 0, multiple: int = 0) -> dict[str, torch.Tensor]:
         """input_ids, position_ids and targets as (rows, width) long tensors on ``device``.
 

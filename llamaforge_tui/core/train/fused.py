@@ -174,7 +174,7 @@ def set_fused(root: Any, on: bool) -> int:
         if fused is None:
             continue
         if on:
-            module.forward = fused
+            module.forward = module.__dict__.get("_lf_lora", fused)  # core.train.lora_fused's form where set
         else:
             module.__dict__.pop("forward", None)
         count += 1

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamaforge_tui.core.errors import LlamaForgeError
-from llamaforge_tui.core.train.config import TrainConfig
+from llamaforge_tui.core.train.config import TrainConfig, pass_tokens_for
 
 if TYPE_CHECKING:
     from llamaforge_tui.core.model.memory import BatchShape, MemoryEstimate
@@ -233,6 +233,7 @@ def _memory(config: TrainConfig, settings: Settings, device: str, batch: BatchSh
     dtype = _param_dtype(config, device)
     vocab = int(model_config.get("vocab_size") or 0)
     pool, free_bytes = free if free is not None else (None, None)
+    batch = _one_pass(batch, pass_tokens_for(config.pass_tokens, device.split(":")[0]))
     return estimate_memory(model_config, dtype=dtype, device=device, batch_size=config.batch_size,
                            seq_len=config.max_seq_len, lora_rank=config.lora_r,
                            lora_targets=tuple(config.target_modules) or _default_targets(),
@@ -240,6 +241,16 @@ def _memory(config: TrainConfig, settings: Settings, device: str, batch: BatchSh
                            free=free_bytes, pool=pool, batch=batch,
                            head_chunk_rows=_rows_per_chunk(vocab, device.split(":")[0]) if vocab else None,
                            load_transient=load_transient, fused=_fused(config, device))
+
+
+def _one_pass(batch: BatchShape | None, budget: int) -> BatchShape | None:
+    """The largest forward pass of a micro-batch that the trainer splits into row groups (``pass_tokens``)."""
+    from llamaforge_tui.core.model.memory import BatchShape
+
+    if batch is None or budget <= 0 or batch.rows * batch.width <= budget:
+        return batch
+    rows = max(1, budget // max(batch.width, 1))
+    return BatchShape(rows, batch.width, -(-batch.label_rows * rows // batch.rows))
 
 
 def _fused(config: TrainConfig, device: str) -> bool:

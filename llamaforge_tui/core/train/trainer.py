@@ -26,13 +26,14 @@ from llamaforge_tui.core.train import device as device_mod
 from llamaforge_tui.core.train import distributed as dist
 from llamaforge_tui.core.train import failures, runs
 from llamaforge_tui.core.train import fused as fused_mod
+from llamaforge_tui.core.train import lora_fused
 from llamaforge_tui.core.train import setup as setup_mod
 from llamaforge_tui.core.train.batching import BatchStream, plan_epoch, to_segments
 from llamaforge_tui.core.errors import ConfigError, LlamaForgeError
 from llamaforge_tui.core.train.events import (CheckpointSaved, Event, EventLog, LogLine,
                                         RunFailed, RunFinished, RunStarted, StepLogged)
 from llamaforge_tui.core.settings import Settings
-from llamaforge_tui.core.train.config import TrainConfig
+from llamaforge_tui.core.train.config import TrainConfig, pass_tokens_for
 from llamaforge_tui.core.train.failures import TrainingFailed
 from llamaforge_tui.core.train.loss import loss_module
 from llamaforge_tui.core.train.recipe_eval import RecipeEvaluation
@@ -104,7 +105,6 @@ class TrainingRecipe(RecipeEvaluation):
             self.say(f"skipped {data.stats['invalid_records']} invalid record(s); 'llamaforge data {cfg.data}' "
                      "lists them", "warning")
         self.pad_id = bundle.tokenizer.pad_token_id or 0
-        self.tokenizer = bundle.tokenizer
         segments = to_segments(data.train, cfg.max_seq_len)
         if not segments:
             raise ConfigError(f"{cfg.data}: no example has tokens to train on after truncation to {cfg.max_seq_len}")
@@ -155,10 +155,14 @@ class TrainingRecipe(RecipeEvaluation):
         self.trainable_params, self.total_params = setup_mod.count_parameters(self.model)
         if self.precision.autocast is not None:
             setup_mod.keep_lora_inputs_narrow(self.model)
+        lora_mlps = lora_fused.fuse_lora_mlps(self.model)
+        if lora_mlps:
+            self.say(f"fused LoRA MLPs: {lora_mlps} (gate and up as one matmul, act(gate) * up recomputed)")
         self.loss_fn = loss_module(self.model.get_base_model(), head_kernel=cfg.head_kernel)
         self.compiled_layers, note = compile_mod.compile_layers(self.model, cfg.compile, self.device.type)
         self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
         self.say(note)
+        self.pass_tokens = pass_tokens_for(cfg.pass_tokens, self.device.type)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -211,11 +215,13 @@ class TrainingRecipe(RecipeEvaluation):
         mine = [(p, b) for j, (p, b) in enumerate(zip(positions, batches)) if j % self.dist.world_size == self.dist.rank]
         scale = self.dist.world_size / step_targets
         local_sum = 0.0
-        for i, (position, batch) in enumerate(mine):
-            torch.manual_seed(seed_for(cfg.seed, position))
-            tensors = batch.tensors(self.device, self.pad_id, self.pad_multiple)
+        passes = [(position, part) for position, batch in mine for part in batch.split(self.pass_tokens)]
+        for i, (position, part) in enumerate(passes):
+            if i == 0 or passes[i - 1][0] != position:
+                torch.manual_seed(seed_for(cfg.seed, position))
+            tensors = part.tensors(self.device, self.pad_id, self.pad_multiple)
             sync = contextlib.nullcontext()
-            if self.dist.enabled and i < len(mine) - 1:
+            if self.dist.enabled and i < len(passes) - 1:
                 sync = self.loss_fn.no_sync()
             with sync:
                 with self._autocast():
