@@ -60,7 +60,7 @@ CPU_VARIANTS = ("ours", "ours-packed", "baseline")
 # variant -> TrainConfig changes (levers), for the GPU suite
 LEVERS = {"ours": {}, "ours-eager": {"compile": "off", "head_kernel": "eager"},
           "ours-packed": {"packing": True}, "ours-ckpt": {"gradient_checkpointing": True},
-          "ours-compiled": {"compile": "on"}, "ours-unfused": {"fused": "off"}}
+          "ours-compiled": {"compile": "on"}, "ours-unfused": {"fused": "off"}, "ours-unsplit": {"pass_tokens": 0}}
 
 
 def make_dataset(path: Path, n: int, seed: int = 0) -> Path:
