@@ -203,24 +203,9 @@ def test_compiled_layers_take_the_unfused_forms_and_get_it_back(monkeypatch: pyt
 def test_a_run_says_so_and_trains_as_peft_does(tmp_path: Path) -> None:
     """Through the trainer, in fp32: the log names the fused LoRA MLPs, and the losses equal the run's with the
     fused forms off."""
-    from llamaforge_tui.core.settings import Settings
-    from llamaforge_tui.core.train.config import TrainConfig
-    from llamaforge_tui.core.train.trainer import run
-    from tests.fixtures.train_models import make_tiny_llama, write_qa_jsonl
+    from tests.core.train.test_fused import fused_runs
 
-    model_dir = make_tiny_llama(tmp_path / "model")
-    data = write_qa_jsonl(tmp_path / "qa.jsonl", repeat=2)
-    runs = {}
-    for mode in ("off", "on"):
-        events: list = []
-        cfg = TrainConfig(model=str(model_dir), data=str(data), max_steps=6, batch_size=4, max_seq_len=64,
-                          dtype="float32", save_every=0, fused=mode, output_dir=str(tmp_path / f"run-{mode}"),
-                          warmup_steps=0, learning_rate=1e-3)
-        result = run(cfg, events.append, threading.Event(), settings=Settings(runs_dir=str(tmp_path)))
-        assert result.ok, result.reason
-        runs[mode] = ([e.loss for e in events if type(e).__name__ == "StepLogged"],
-                      [e.message for e in events
-                       if type(e).__name__ == "LogLine" and e.message.startswith("fused LoRA MLPs")])
+    runs = fused_runs(tmp_path, "fused LoRA MLPs", steps=6)
     assert runs["off"][1] == []
     assert runs["on"][1] and runs["on"][1][0].startswith("fused LoRA MLPs: 2 ")
     assert runs["on"][0] == pytest.approx(runs["off"][0], rel=1e-5)
