@@ -276,6 +276,10 @@ class _Collator:
 
 # -- driver ------------------------------------------------------------------------------------------
 def _child(args: argparse.Namespace) -> None:
+    if not args.variant.startswith("baseline"):  # as the llamaforge command does, before torch is imported
+        from llamaforge_tui.core.train.runtime import prefer_huge_pages
+
+        prefer_huge_pages()
     if args.shape:
         suite.install_synthetic(args.shape, args.examples, args.max_seq_len)
     if args.variant in ("baseline", "baseline-random"):

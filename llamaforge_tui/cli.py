@@ -93,6 +93,9 @@ def _capture_warnings(debug: bool, *, propagate: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from llamaforge_tui.core.train.runtime import prefer_huge_pages
+
+    prefer_huge_pages()  # before anything imports torch (it reads the switch once)
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.debug, tui=args.command in (None, "monitor"))

@@ -208,7 +208,7 @@ def _memory(config: TrainConfig, settings: Settings, device: str, batch: BatchSh
     """The core estimate from the model's header (GGUF KV or config.json), for the run's precision."""
     from llamaforge_tui.core.model.memory import estimate_memory
     from llamaforge_tui.core.model.sources import resolve_source
-    from llamaforge_tui.core.train.loss import _rows_per_chunk
+    from llamaforge_tui.core.train.loss import max_chunk_rows
 
     if not config.model:
         return None
@@ -239,7 +239,7 @@ def _memory(config: TrainConfig, settings: Settings, device: str, batch: BatchSh
                            lora_targets=tuple(config.target_modules) or _default_targets(),
                            weights_bytes=weights_bytes, gradient_checkpointing=config.gradient_checkpointing,
                            free=free_bytes, pool=pool, batch=batch,
-                           head_chunk_rows=_rows_per_chunk(vocab, device.split(":")[0]) if vocab else None,
+                           head_chunk_rows=max_chunk_rows(vocab, device.split(":")[0]) if vocab else None,
                            load_transient=load_transient, fused=_fused(config, device))
 
 

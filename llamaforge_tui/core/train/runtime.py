@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,3 +84,21 @@ def release_free_memory() -> bool:
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))
+
+
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def prefer_huge_pages() -> bool:
+    """Ask torch's CPU allocator for transparent huge pages on large tensors (Linux; the kernel's THP mode
+    ``madvise`` or ``always``), unless the user set ``THP_MEM_ALLOC_ENABLE`` themselves. Must run before torch
+    is imported: torch reads the variable once. Returns whether it will take effect.
+
+    Why: a training step allocates and frees hundreds of MiB of activations and logits; from 4 KiB pages every
+    first touch is a page fault (the head's 64 MiB logits buffer alone: 16k faults, 20-30 ms per pass). Measured
+    on the 2-core EPYC (Gemma 3 270M, 32 chat examples, batch 4, eager, 3 interleaved runs each): 237 tok/s
+    without, 256 tok/s with (+8%); faults halved; peak RSS 1,752-1,832 MiB without, 1,753-1,768 with."""
+    if not sys.platform.startswith("linux") or "torch" in sys.modules or HUGE_PAGES_ENV in os.environ:
+        return False
+    os.environ[HUGE_PAGES_ENV] = "1"
+    return True

@@ -132,3 +132,42 @@ def test_batching_plans_are_deterministic_and_pack_without_loss() -> None:
     t = Batch(((Segment((1, 2, 3), (2, 3, -100)),), (Segment((4,), (-100,)), Segment((5, 6), (6, -100))))).tensors("cpu")
     assert t["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
     assert t["targets"][0].tolist() == [2, 3, -100]
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(n_rows=st.integers(0, 5000), chunk=st.integers(1, 600))
+def test_chunk_bounds_cover_rows_evenly_in_fewest_chunks(n_rows: int, chunk: int) -> None:
+    bounds = loss_mod.chunk_bounds(n_rows, chunk)
+    limit = max(1, int(chunk * (1 + loss_mod.CHUNK_SLACK)))
+    assert [i for a, b in bounds for i in range(a, b)] == list(range(n_rows))  # every row once, in order
+    sizes = [b - a for a, b in bounds]
+    assert all(0 < s <= limit for s in sizes)
+    assert not sizes or max(sizes) - min(sizes) <= 1
+    assert len(bounds) == -(-n_rows // limit)  # no more chunks than the limit needs
+
+
+def test_chunk_bounds_fold_a_short_tail_into_one_chunk() -> None:
+    # not 128 + 9: each chunk streams the whole head twice
+    assert loss_mod.chunk_bounds(137, 128) == [(0, 137)]
+    assert loss_mod.chunk_bounds(300, 128) == [(0, 150), (150, 300)]
+
+
+def test_workspace_keeps_one_logits_buffer_and_changes_nothing() -> None:
+    torch.manual_seed(5)
+    weight = torch.randn(97, 12)
+    workspace: dict = {}
+    buffers = []
+    for n in (40, 25, 40):
+        hidden = torch.randn(n, 12, requires_grad=True)
+        targets = torch.randint(0, 97, (n,))
+        fresh = hidden.detach().clone().requires_grad_()
+        ours = loss_mod.head_cross_entropy(hidden, weight, targets, chunk=16, workspace=workspace)
+        ref = loss_mod.head_cross_entropy(fresh, weight, targets, chunk=16)
+        ours.backward()
+        ref.backward()
+        assert torch.equal(ours, ref) and torch.equal(hidden.grad, fresh.grad)
+        buffers.extend(workspace.values())
+    assert len(workspace) == 1 and all(b is buffers[0] for b in buffers)  # one buffer, reused by every call

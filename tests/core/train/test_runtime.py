@@ -44,3 +44,37 @@ def test_release_free_memory_is_called_before_the_heap_is_frozen(monkeypatch: py
 def test_release_free_memory_is_false_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime.sys, "platform", "darwin")
     assert runtime.release_free_memory() is False
+
+
+def _child(code: str, env_extra: dict[str, str] | None = None) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env.update(env_extra or {})
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+HUGE = ("import os, sys; from llamaforge_tui.core.train.runtime import prefer_huge_pages as p; {pre}"
+        "print(p(), os.environ.get('THP_MEM_ALLOC_ENABLE'))")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch's huge-page switch is Linux only")
+def test_huge_pages_are_asked_for_before_torch_only_and_never_over_the_users_setting() -> None:
+    assert _child(HUGE.format(pre="")) == "True 1"
+    assert _child(HUGE.format(pre=""), {"THP_MEM_ALLOC_ENABLE": "0"}) == "False 0"  # the user's choice stands
+    assert _child(HUGE.format(pre="import torch; ")) == "False None"  # too late: torch read it already
+
+
+def test_the_command_asks_for_huge_pages_before_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamaforge_tui import cli
+    from llamaforge_tui.core.train import runtime
+
+    calls: list[str] = []
+    monkeypatch.setattr(runtime, "prefer_huge_pages", lambda: calls.append("asked") or False)
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert calls == ["asked"]
