@@ -39,12 +39,16 @@ def _rows_per_chunk(vocab: int, device_type: str = "cpu") -> int:
 CHUNK_SLACK = 0.25
 
 
+def _chunk_limit(chunk: int) -> int:
+    return max(1, int(chunk * (1 + CHUNK_SLACK)))
+
+
 def chunk_bounds(n_rows: int, chunk: int) -> list[tuple[int, int]]:
     """(start, stop) of the chunks that ``n_rows`` rows are cut into: as few as allow at most
     ``chunk * (1 + CHUNK_SLACK)`` rows each, of sizes that differ by at most one row, in order."""
     if n_rows <= 0:
         return []
-    limit = max(1, int(chunk * (1 + CHUNK_SLACK)))
+    limit = _chunk_limit(chunk)
     n_chunks = -(-n_rows // limit)
     base, extra = divmod(n_rows, n_chunks)
     bounds, start = [], 0
@@ -57,7 +61,7 @@ def chunk_bounds(n_rows: int, chunk: int) -> list[tuple[int, int]]:
 
 def max_chunk_rows(vocab: int, device_type: str = "cpu") -> int:
     """The most rows one chunk of the head loss may hold (the memory plan sizes the logits buffer by it)."""
-    return max(1, int(_rows_per_chunk(vocab, device_type) * (1 + CHUNK_SLACK)))
+    return _chunk_limit(_rows_per_chunk(vocab, device_type))
 
 
 def _workspace_buffer(workspace: dict | None, shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
@@ -71,7 +75,7 @@ def _workspace_buffer(workspace: dict | None, shape: tuple[int, int], like: torc
     key = ("logits", like.dtype, like.device, shape[1])
     buf = workspace.get(key)
     if buf is None or buf.shape[0] < shape[0]:
-        workspace.pop(key, None)
+        workspace.pop(key, None)  # the smaller one goes before the bigger one is made
         buf = torch.empty(shape, dtype=like.dtype, device=like.device)
         workspace[key] = buf
     return buf
