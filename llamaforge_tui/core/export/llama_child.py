@@ -22,9 +22,10 @@ import ctypes
 import json
 import os
 import re
-import select
+import queue
 import signal
 import sys
+import threading
 import time
 from typing import IO, Any
 
@@ -195,19 +196,47 @@ def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random
     return int(order[rng.choice(len(order), p=q)])
 
 
-def _cancelled(stdin: IO[bytes]) -> bool:
-    """A ``cancel`` line waiting on stdin (checked between tokens; POSIX pipes only)."""
-    try:
-        ready, _, _ = select.select([stdin], [], [], 0)
-    except (OSError, ValueError):
+class Inbox:
+    """The parent's requests, one JSON object per stdin line, read by a thread so a ``cancel`` is seen between
+    tokens. (A ``select`` on the buffered stdin missed a cancel that the buffer had already read along with its
+    request: the pipe looked empty while the line sat in Python's buffer.) The thread only reads; llama.cpp is
+    called from the main thread alone."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._held: list[dict[str, Any] | None] = []
+        threading.Thread(target=self._read, args=(stream,), name="llama-child-stdin", daemon=True).start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            try:
+                self._lines.put(json.loads(raw))
+            except ValueError:
+                self._lines.put({"op": "invalid", "line": raw[:200].decode("utf-8", "replace")})
+        self._lines.put(None)  # the parent closed the pipe (or died)
+
+    def next(self) -> dict[str, Any] | None:
+        """The next request, blocking; None when the parent has gone."""
+        return self._held.pop(0) if self._held else self._lines.get()
+
+    def cancelled(self) -> bool:
+        """A ``cancel`` (or the parent's end) waiting; other requests stay queued, in order."""
+        while True:
+            try:
+                req = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            self._held.append(req)
+        for i, req in enumerate(self._held):
+            if req is None:
+                return True  # keep the None: the main loop ends on it
+            if req.get("op") == "cancel":
+                del self._held[i]
+                return True
         return False
-    if not ready:
-        return False
-    line = stdin.readline()
-    return not line or json.loads(line or b"{}").get("op") == "cancel"
 
 
-def generate(model: Model, req: dict[str, Any], chan: Channel, stdin: IO[bytes]) -> None:
+def generate(model: Model, req: dict[str, Any], chan: Channel, inbox: Inbox) -> None:
     """Stream tokens as ``token`` events; stop at an end-of-generation token, a stop string or ``max_tokens``."""
     prompt = req.get("prompt_ids")
     if prompt is None:
@@ -240,7 +269,7 @@ def generate(model: Model, req: dict[str, Any], chan: Channel, stdin: IO[bytes])
         if safe > sent:
             chan.send("token", id=tok, text=text[sent:safe])
             sent = safe
-        if _cancelled(stdin):
+        if inbox.cancelled():
             reason = "cancelled"
             break
         if len(ids) < max_tokens:
@@ -278,7 +307,7 @@ def quantize(lc: Any, logs: Logs, req: dict[str, Any], chan: Channel) -> None:
 
 
 def handle(lc: Any, logs: Logs, model: Model | None, req: dict[str, Any], chan: Channel,
-           stdin: IO[bytes]) -> Model | None:
+           inbox: Inbox) -> Model | None:
     op = req.get("op")
     if os.environ.get(CRASH_ENV) == op:
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -313,7 +342,7 @@ def handle(lc: Any, logs: Logs, model: Model | None, req: dict[str, Any], chan: 
             logits = model.eval([nxt], all_logits=False)[-1]
         chan.send("done", ids=out)
     elif op == "generate":
-        generate(model, req, chan, stdin)
+        generate(model, req, chan, inbox)
     elif op == "tokenize":
         chan.send("done", ids=model.tokenize(str(req["text"]), bool(req.get("add_special", True)),
                                               bool(req.get("parse_special", True))))
@@ -330,7 +359,7 @@ def main() -> int:
     os.dup2(2, 1)  # whatever native code prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr
     chan = Channel(proto)
-    stdin = sys.stdin.buffer
+    inbox = Inbox(sys.stdin.buffer)
     try:
         import llama_cpp as lc
     except ImportError as exc:
@@ -340,14 +369,13 @@ def main() -> int:
     lc.llama_backend_init()
     chan.send("ready", version=getattr(lc, "__version__", "?"))
     model: Model | None = None
-    for raw in iter(stdin.readline, b""):
-        req = json.loads(raw)
+    while (req := inbox.next()) is not None:
         if req.get("op") == "close":
             break
         if req.get("op") == "cancel":
             continue  # arrived after the generation had already ended
         try:
-            model = handle(lc, logs, model, req, chan, stdin)
+            model = handle(lc, logs, model, req, chan, inbox)
         except ChildError as exc:
             chan.send("error", kind="failed", message=str(exc))
     if model is not None:
