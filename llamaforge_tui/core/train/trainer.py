@@ -148,7 +148,9 @@ class TrainingRecipe(RecipeEvaluation):
 
         cfg = self.config
         base_model.config.use_cache = False
-        self.say(fused_mod.fuse_modules(base_model, cfg.fused, self.device.type)[2])  # before LoRA wraps the MLPs
+        norms, mlps, note = fused_mod.fuse_modules(base_model, cfg.fused, self.device.type)  # before LoRA wraps
+        self.fused_forms = norms + mlps
+        self.say(note)
         torch.manual_seed(cfg.seed)  # LoRA's A matrices are random: same seed, same start, on every rank
         self.model = setup_mod.apply_lora(base_model, cfg)
         self.model.train()
@@ -224,10 +226,14 @@ class TrainingRecipe(RecipeEvaluation):
                 torch.manual_seed(seed_for(cfg.seed, position))
             tensors = part.tensors(self.device, self.pad_id, self.pad_multiple)
             sync = contextlib.nullcontext()
+            # eager layers only: compiled ones run the original forms and the compiler chooses what to keep; and
+            # not under gradient checkpointing, which keeps nothing inside a layer
+            recompute = fused_mod.recompute_kept_outputs(
+                self.fused_forms > 0 and not self.compiled_layers and not cfg.gradient_checkpointing)
             if self.dist.enabled and i < len(passes) - 1:
                 sync = self.loss_fn.no_sync()
             with sync:
-                with self._autocast():
+                with self._autocast(), recompute:
                     loss_sum = self.loss_fn(**tensors)
                 scaled = loss_sum * scale
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()

@@ -214,3 +214,119 @@ def test_a_deep_copy_of_a_fused_model_uses_its_own_weights() -> None:
     assert not torch.equal(norm(x), twin_norm(x))
     twin_mlp = twin.model.layers[0].mlp
     assert twin_norm.forward.__self__ is twin_norm and twin_mlp.forward.__self__ is twin_mlp
+
+
+def _lora_gemma_bf16(fuse: bool) -> torch.nn.Module:
+    """A tiny Gemma 3 as training holds it: bf16 weights, fused forms, LoRA on every projection, LoRA B
+    non-zero so gradients reach A."""
+    from peft import LoraConfig, get_peft_model
+
+    model = _tiny_gemma()
+    if fuse:
+        fused.fuse_modules(model, "on")
+    torch.manual_seed(1)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    return model.to(torch.bfloat16)
+
+
+def _loss_and_grads(model: torch.nn.Module, ids: torch.Tensor, recompute: bool,
+                    after_forward: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), fused.recompute_kept_outputs(recompute):
+        loss = model(input_ids=ids).logits.float().logsumexp(-1).mean()
+    if callable(after_forward):
+        after_forward()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_kept_outputs_recomputed_give_the_same_gradients_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside recompute_kept_outputs the LoRA A inputs that are fused outputs are kept as recipes (q/k/v's
+    norm output and the activation's output, per layer) and rebuilt in backward: the loss and every LoRA
+    gradient equal the run that keeps the tensors, exactly."""
+    ids = torch.randint(0, 512, (2, 40))
+    model = _lora_gemma_bf16(fuse=True)
+    recipes: list[tuple[str, tuple[int, ...]]] = []
+    pack = fused._pack
+
+    def counting_pack(saved: torch.Tensor) -> object:
+        packed = pack(saved)
+        if isinstance(packed, fused._Recipe):
+            recipes.append((packed.output.recipe.__name__, tuple(packed.size)))
+        return packed
+
+    monkeypatch.setattr(fused, "_pack", counting_pack)
+    loss0, grads0 = _loss_and_grads(model, ids, recompute=False)
+    assert recipes == []
+    loss1, grads1 = _loss_and_grads(model, ids, recompute=True)
+    assert torch.equal(loss0, loss1)
+    assert grads0.keys() == grads1.keys() and len(grads0) == 2 * 14
+    for name in grads0:
+        assert torch.equal(grads0[name], grads1[name]), name
+    # per layer, inside the MLP: the activation's output (down_proj's LoRA A input, 192 wide) and the MLP's
+    # norm output (64 wide), kept by gate's and up's LoRA A, one rebuild shared by both
+    acts = [size for name, size in recipes if name == "_act_mul"]
+    norms = [size for name, size in recipes if name == "_norm_out"]
+    assert len(acts) == 2 and all(size[-1] == 192 for size in acts), recipes
+    assert len(norms) == 2 * 2 and all(size[-1] == 64 for size in norms), recipes
+    assert fused._local.outputs is None  # nothing left behind after the forward
+
+
+def test_an_output_changed_in_place_is_kept_as_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fused output written to in place after it was offered is no longer what its recipe makes: the hook
+    keeps the tensor itself, so gradients stay right."""
+    gate, up = torch.randn(3, 8, requires_grad=True), torch.randn(3, 8, requires_grad=True)
+    weight = torch.randn(8, 4, requires_grad=True)
+    expected = None
+    for recompute in (False, True):
+        gate.grad = up.grad = weight.grad = None
+        with fused.recompute_kept_outputs(recompute), fused._recipes_inside():
+            out = fused._fn("act_mul").apply(gate, up, "silu")
+            out.mul_(2.0)  # in place, before anything saves it
+            (out @ weight).sum().backward()
+        got = (gate.grad.clone(), up.grad.clone(), weight.grad.clone())
+        if expected is None:
+            expected = got
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_recompute_is_off_when_disabled_and_once_when_nested() -> None:
+    with fused.recompute_kept_outputs(False):
+        assert getattr(fused._local, "outputs", None) is None
+    with fused.recompute_kept_outputs(True):
+        outer = fused._local.outputs
+        assert outer == {}
+        with fused.recompute_kept_outputs(True):
+            assert fused._local.outputs is outer
+        assert fused._local.outputs is outer
+    assert fused._local.outputs is None
+
+
+def test_recompute_keeps_less_for_backward() -> None:
+    """The bytes autograd keeps in a training forward fall by at least the recomputed outputs."""
+    ids = torch.randint(0, 512, (2, 40))
+    model = _lora_gemma_bf16(fuse=True)
+    kept = []
+    for recompute in (False, True):
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> object:
+            packed = fused._pack(t)  # what the context's own hook does (only the innermost hooks run)
+            if isinstance(packed, torch.Tensor):
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return packed
+
+        with torch.autocast("cpu", dtype=torch.bfloat16), fused.recompute_kept_outputs(recompute):
+            with torch.autograd.graph.saved_tensors_hooks(pack, fused._unpack):
+                model(input_ids=ids).logits.float().sum()
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        kept.append(sum(v for k, v in seen.items() if k not in params))
+    tokens = ids.numel()
+    # 2 layers: the activation output (tokens x 192) and the input norm's output (tokens x 64), bf16
+    assert kept[0] - kept[1] >= 2 * tokens * (192 + 64) * 2, kept
