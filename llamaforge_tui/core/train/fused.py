@@ -151,8 +151,8 @@ def _offer(out: Any, recipe: Callable[..., Any], inputs: tuple[Any, ...]) -> Non
 
 
 class _Output:
-    """One offered output that autograd saved: rebuilt once in backward, shared by every view saved of it (a
-    norm feeding q, k and v is saved three times), and dropped when the last of them has been read."""
+    """One offered output that autograd saved: rebuilt once in backward, shared by every view saved of it (the
+    MLP's norm output is saved by gate's and by up's LoRA A), and dropped when the last of them has been read."""
 
     __slots__ = ("recipe", "inputs", "pending", "rebuilt")
 
@@ -182,8 +182,10 @@ class _Recipe:
 
 
 def _pack(saved: Any) -> Any:
+    import torch
+
     outputs = getattr(_local, "outputs", None)
-    if not outputs or saved.layout != _strided():
+    if not outputs or saved.layout != torch.strided:
         return saved
     try:
         address = saved.untyped_storage().data_ptr()
@@ -202,12 +204,6 @@ def _pack(saved: Any) -> Any:
 
 def _unpack(packed: Any) -> Any:
     return packed.rebuild() if isinstance(packed, _Recipe) else packed
-
-
-def _strided() -> Any:
-    import torch
-
-    return torch.strided
 
 
 @contextlib.contextmanager
