@@ -43,6 +43,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,8 @@ CPU_VARIANTS = ("ours", "ours-packed", "baseline")
 # variant -> TrainConfig changes (levers), for the GPU suite
 LEVERS = {"ours": {}, "ours-eager": {"compile": "off", "head_kernel": "eager"},
           "ours-packed": {"packing": True}, "ours-ckpt": {"gradient_checkpointing": True},
-          "ours-compiled": {"compile": "on"}, "ours-unfused": {"fused": "off"}, "ours-unsplit": {"pass_tokens": 0}}
+          "ours-compiled": {"compile": "on"}, "ours-unfused": {"fused": "off"}, "ours-unsplit": {"pass_tokens": 0},
+          "ours-keep": {"recompute": "off"}, "ours-compiled-keep": {"compile": "on", "recompute": "off"}}
 
 
 def make_dataset(path: Path, n: int, seed: int = 0) -> Path:
@@ -88,11 +90,18 @@ def _peak_memory(device: str) -> int:
 
 # -- variants (each runs in its own process) ---------------------------------------------------------
 def run_ours(args: argparse.Namespace, levers: dict) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="bench-ours-"))
+    try:
+        return _run_ours_in(out, args, levers)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # a run's adapter and checkpoints: ~60 MB each, never read again
+
+
+def _run_ours_in(out: Path, args: argparse.Namespace, levers: dict) -> dict:
     from llamaforge_tui.core.settings import Settings
     from llamaforge_tui.core.train.config import TrainConfig
     from llamaforge_tui.core.train.trainer import run
 
-    out = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     packing = bool(levers.get("packing"))
     batch = max(1, args.batch * args.mean_len // args.max_seq_len) if packing else args.batch
     cfg = TrainConfig(model=args.model, data=args.data, epochs=1.0, batch_size=batch, max_seq_len=args.max_seq_len,
@@ -201,8 +210,9 @@ def run_baseline(args: argparse.Namespace) -> dict:
     tokenizer = bundle.tokenizer
     if getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
+    out = tempfile.mkdtemp(prefix="bench-baseline-")
     targs = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="bench-baseline-"), per_device_train_batch_size=args.batch,
+        output_dir=out, per_device_train_batch_size=args.batch,
         num_train_epochs=1, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
         save_strategy="no", report_to=[], bf16=precision.autocast == "bfloat16", fp16=precision.autocast == "float16",
         use_cpu=args.device == "cpu", dataloader_num_workers=0, max_grad_norm=1.0, optim="adamw_torch", seed=0,
@@ -215,7 +225,10 @@ def run_baseline(args: argparse.Namespace) -> dict:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     elapsed = time.perf_counter() - start
     tokens = sum(tokens_of)  # one epoch: every example once
     per_step = tokens / max(len(marks), 1)  # a random sampler: spread the tokens evenly
@@ -355,9 +368,12 @@ def cpu_suite(args: argparse.Namespace) -> list[dict]:
           flush=True)
     ceilings = [suite.matmul_ceiling(args.device)]
     rows = []
-    for variant in args.variants.split(","):
-        rows.append(run_variant(args, variant, group="gemma-270m", ref=variant == "baseline", data=str(data)))
-        ceilings.append(suite.matmul_ceiling(args.device))
+    try:
+        for variant in args.variants.split(","):
+            rows.append(run_variant(args, variant, group="gemma-270m", ref=variant == "baseline", data=str(data)))
+            ceilings.append(suite.matmul_ceiling(args.device))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     suite.print_table(rows, "peak RSS" if args.device == "cpu" else "peak CUDA")
     _ceiling_line(rows, ceilings)
     return rows
@@ -365,6 +381,14 @@ def cpu_suite(args: argparse.Namespace) -> list[dict]:
 
 def _quantized_rows(args: argparse.Namespace, timeout: float) -> list[dict]:
     """Our loop on Gemma 3 270M's GGUF: the quantized base against the dequantized one (same data, steps)."""
+    work = Path(tempfile.mkdtemp(prefix="bench-quantized-"))
+    try:
+        return _quantized_rows_in(work, args, timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _quantized_rows_in(work: Path, args: argparse.Namespace, timeout: float) -> list[dict]:
     rows: list[dict] = []
     gguf = os.environ.get("LF_BENCH_GGUF")
     header = Path(args.gguf_header) if args.gguf_header else ROOT / ".bench" / "gemma.header"
@@ -372,7 +396,7 @@ def _quantized_rows(args: argparse.Namespace, timeout: float) -> list[dict]:
         # the real file cannot travel to a GPU box: rebuild its exact layout with random blocks (bench_quantized)
         from bench_quantized import synthesize
 
-        gguf = str(synthesize(header, Path(tempfile.mkdtemp(prefix="bench-gguf-")) / "gemma-synthetic.gguf"))
+        gguf = str(synthesize(header, work / "gemma-synthetic.gguf"))
     if not gguf:
         try:
             from _gemma import gemma_path
@@ -381,7 +405,7 @@ def _quantized_rows(args: argparse.Namespace, timeout: float) -> list[dict]:
         except Exception as exc:  # noqa: BLE001 - no package: say so in the table
             return [{"group": "quantized", "variant": "ours-quantized", "ok": False,
                      "error": f"no GGUF ({type(exc).__name__}: {exc}); run benchmarks/gpu_prep.sh or set LF_BENCH_GGUF"}]
-    data = make_dataset(Path(tempfile.mkdtemp(prefix="bench-train-")) / "mix.jsonl", args.examples)
+    data = make_dataset(work / "mix.jsonl", args.examples)
     for variant, weights in (("ours-dequantized", "gguf"), ("ours-quantized", "gguf-quantized")):
         rows.append(run_variant(args, variant, group="quantized", ref=weights == "gguf", weights=weights,
                                 model=gguf, data=str(data), timeout=timeout))

@@ -20,7 +20,8 @@ attention's q/k/v inputs too) every saved tensor passes through Python, which co
 30 MiB more.
 
 Layers that ``torch.compile`` compiles get their original forms back (:func:`set_fused`): the compiler fuses
-them itself, and better.
+them itself, and better; there the same outputs are recomputed by marking them for the compiler's partitioner
+(``core.train.compile.recompute_forms``). Both are the ``recompute`` option (:func:`recompute_enabled`).
 
 Safety: a module is patched only if its class is one of the known forms AND, on a random input, the fused
 forward equals the module's own forward bit for bit (in fp32 and bf16). Anything else stays as it was. The
@@ -39,15 +40,16 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FUSED_MODES = ("auto", "on", "off")
+RECOMPUTE_MODES = ("auto", "on", "off")
 
 # norm class name -> how the weight applies: "one_plus" (Gemma: (x_hat * (1 + w)) in fp32, then cast) or
 # "scale_after_cast" (Llama and its kin: w * x_hat.to(input dtype))
-_NORMS = {
+NORM_CLASSES = {
     "Gemma3RMSNorm": "one_plus", "GemmaRMSNorm": "one_plus", "Gemma2RMSNorm": "one_plus",
     "LlamaRMSNorm": "scale_after_cast", "Qwen2RMSNorm": "scale_after_cast", "Qwen3RMSNorm": "scale_after_cast",
     "MistralRMSNorm": "scale_after_cast", "Phi3RMSNorm": "scale_after_cast",
 }
-_MLPS = ("Gemma3MLP", "GemmaMLP", "Gemma2MLP", "LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP")
+MLP_CLASSES = ("Gemma3MLP", "GemmaMLP", "Gemma2MLP", "LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP")
 
 
 def _eps(module: Any) -> float | None:
@@ -303,7 +305,7 @@ def set_fused(root: Any, on: bool) -> int:
     return count
 
 
-def _same_forward(original: Any, fused: Any, width: int, dtype: Any, device: Any) -> bool:
+def same_forward(original: Any, fused: Any, width: int, dtype: Any, device: Any) -> bool:
     """The fused forward gives exactly the module's own output on a random input (no autograd)."""
     import torch
 
@@ -320,6 +322,14 @@ def default_fused(device_type: str) -> bool:
     """What ``fused = "auto"`` picks: on for the CPU, where it was measured (Gemma 3 270M on the 2-core EPYC:
     see README "Training speed"); off elsewhere until measured there."""
     return device_type == "cpu"
+
+
+def recompute_enabled(mode: str, device_type: str) -> bool:
+    """Whether a run with ``recompute = mode`` rebuilds norm outputs and ``act(gate) * up`` in backward (eager
+    layers: :func:`recompute_kept_outputs`; compiled ones: ``core.train.compile.recompute_forms``). auto: on for
+    the CPU, where it was measured (Gemma 3 270M, bench_train: eager peak RSS 1,620-1,664 MiB against
+    1,728-1,752, compiled 1,611-1,636 against 1,745, the same speed); elsewhere off until measured there."""
+    return mode == "on" or (mode == "auto" and device_type == "cpu")
 
 
 def enabled(mode: str, device_type: str) -> bool:
@@ -339,23 +349,23 @@ def fuse_modules(model: Any, mode: str = "auto", device_type: str = "cpu") -> tu
     for module in model.modules():
         name = type(module).__name__
         weight = getattr(module, "weight", None)
-        if name in _NORMS and isinstance(weight, torch.Tensor) and weight.ndim == 1 and _eps(module) is not None:
-            fused = _bind(module, _fused_norm_forward, form=_NORMS[name], eps=_eps(module))
+        if name in NORM_CLASSES and isinstance(weight, torch.Tensor) and weight.ndim == 1 and _eps(module) is not None:
+            fused = _bind(module, _fused_norm_forward, form=NORM_CLASSES[name], eps=_eps(module))
             dtypes = {torch.float32, weight.dtype}
             if weight.device.type == "cpu":
                 dtypes.add(torch.bfloat16)
-            if all(_same_forward(module.forward, fused, weight.shape[0], d, weight.device) for d in dtypes):
+            if all(same_forward(module.forward, fused, weight.shape[0], d, weight.device) for d in dtypes):
                 module.forward = module._lf_fused = fused
                 norms += 1
             else:
                 refused.add(name)
-        elif name in _MLPS and all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        elif name in MLP_CLASSES and all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
             kind = _act_kind(module.act_fn)
             first = next(module.parameters(), None)
             width = getattr(module, "hidden_size", None) or getattr(module.gate_proj, "in_features", None)
             fused = _bind(module, _fused_mlp_forward, kind=kind) if kind else None
             if (fused is None or first is None or not isinstance(width, int)
-                    or not _same_forward(module.forward, fused, width, first.dtype, first.device)):
+                    or not same_forward(module.forward, fused, width, first.dtype, first.device)):
                 refused.add(f"{name} ({type(module.act_fn).__name__})")
                 continue
             module.forward = module._lf_fused = fused

@@ -181,7 +181,7 @@ def fuse_lora_mlps(model: Any) -> int:
     LoRA Linears. :func:`fused.set_fused` switches it off and on with the other fused forms."""
     count = 0
     for module in model.modules():
-        if type(module).__name__ not in fused_mod._MLPS or "_lf_fused" not in module.__dict__:
+        if type(module).__name__ not in fused_mod.MLP_CLASSES or "_lf_fused" not in module.__dict__:
             continue  # only MLPs whose fused activation form was checked against their own forward
         kind = fused_mod._act_kind(getattr(module, "act_fn", None))
         projections = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]

@@ -164,7 +164,9 @@ class TrainingRecipe(RecipeEvaluation):
         if lora_mlps:
             self.say(f"fused LoRA MLPs: {lora_mlps} (gate and up as one matmul, act(gate) * up recomputed)")
         self.loss_fn = loss_module(self.model.get_base_model(), head_kernel=cfg.head_kernel)
-        self.compiled_layers, note = compile_mod.compile_layers(self.model, cfg.compile, self.device.type)
+        self.recompute = fused_mod.recompute_enabled(cfg.recompute, self.device.type)
+        self.compiled_layers, note = compile_mod.compile_layers(self.model, cfg.compile, self.device.type,
+                                                                recompute=self._compiled_recompute())
         self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
         self.say(note)
         self.pass_tokens = pass_tokens_for(cfg.pass_tokens, self.device.type)
@@ -229,7 +231,8 @@ class TrainingRecipe(RecipeEvaluation):
             # eager layers only: compiled ones run the original forms and the compiler chooses what to keep; and
             # not under gradient checkpointing, which keeps nothing inside a layer
             recompute = fused_mod.recompute_kept_outputs(
-                self.fused_forms > 0 and not self.compiled_layers and not cfg.gradient_checkpointing)
+                self.recompute and self.fused_forms > 0 and not self.compiled_layers
+                and not cfg.gradient_checkpointing)
             if self.dist.enabled and i < len(passes) - 1:
                 sync = self.loss_fn.no_sync()
             with sync:
@@ -264,9 +267,15 @@ class TrainingRecipe(RecipeEvaluation):
         note = compile_mod.late_compile_note(self.config.compile, self.device.type, steps_done, seconds,
                                              self.total_steps - self.step)
         if note and not self.compiled_layers:
-            self.compiled_layers, result = compile_mod.compile_layers(self.model, "on", self.device.type)
+            self.compiled_layers, result = compile_mod.compile_layers(self.model, "on", self.device.type,
+                                                                      recompute=self._compiled_recompute())
             self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
             self.say(f"{note}; {result}")
+
+    def _compiled_recompute(self) -> bool:
+        """Recompute regions in compiled layers; not under gradient checkpointing, which keeps nothing inside a
+        layer anyway."""
+        return self.recompute and not self.config.gradient_checkpointing
 
     def _train_step_guarded(self) -> tuple[float, float, int, float]:
         """The first step of compiled layers compiles them: if that fails, go back to eager and say so."""

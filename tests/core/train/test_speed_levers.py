@@ -137,34 +137,121 @@ def test_compile_errors_are_told_apart_from_model_errors() -> None:
     assert not compile_mod.is_compile_error(RuntimeError("shape mismatch"))
 
 
+def _saved_bytes_and_grads(model, ids, pos, tgt) -> tuple[float, int, dict]:
+    """Loss, the bytes autograd keeps for backward (unique storages, the parameters' own left out) and the
+    trainable parameters' gradients, for one forward and backward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_mod.causal_lm_loss_sum(model.get_base_model(), ids, pos, tgt)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return float(loss), sum(kept.values()), grads
+
+
 @pytest.mark.slow
-def test_compiled_layers_match_eager_loss_and_gradients(tmp_path: Path) -> None:
+def test_compiled_layers_match_eager_and_recompute_keeps_less(tmp_path: Path) -> None:
+    """Compiled layers give eager's loss and LoRA gradients, with and without the recompute regions; with them,
+    autograd keeps less per layer (act(gate) * up, the normed inputs of q/k/v and of gate/up, which LoRA A's
+    would keep). The bound asserted is act(gate) * up and one normed input per layer: in fp32 the partitioner
+    already recomputes about half of the other one by itself."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    torch._dynamo.reset()  # a fresh cache: the tests before may have compiled these forms with other guards
     path = make_tiny_llama(tmp_path / "model")
     torch.manual_seed(4)
-    ids = torch.randint(0, 300, (2, 24))
-    pos = torch.cat([torch.arange(10), torch.arange(14)]).expand(2, 24)  # packed rows: position resets
-    tgt = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
-    results = []
-    for compiled in (False, True):
+    rows, width = 2, 24
+    ids = torch.randint(0, 300, (rows, width))
+    pos = torch.cat([torch.arange(10), torch.arange(14)]).expand(rows, width)  # packed rows: position resets
+    tgt = torch.cat([ids[:, 1:], torch.full((rows, 1), -100)], dim=1)
+    results = {}
+    for mode in ("eager", "compiled", "compiled-recompute"):
         torch.manual_seed(5)
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(path)),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj",
+                                                                             "down_proj"]))
         for n, p in model.named_parameters():  # LoRA B starts at zero: give it values so its gradient is real
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.1)
-        if compiled:
-            assert compile_mod.compile_layers(model, "on", "cpu")[0] == 2
-        loss = loss_mod.causal_lm_loss_sum(model.get_base_model(), ids, pos, tgt)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        results.append((float(loss), grads))
-    (eager_loss, eager_grads), (comp_loss, comp_grads) = results
-    assert comp_loss == pytest.approx(eager_loss, rel=1e-4)
-    for name, grad in eager_grads.items():
-        assert torch.allclose(comp_grads[name], grad, atol=1e-5, rtol=1e-3), name
+        if mode != "eager":
+            count, note = compile_mod.compile_layers(model, "on", "cpu", recompute=mode == "compiled-recompute")
+            assert count == 2
+            assert ("recomputed in backward" in note) == (mode == "compiled-recompute")
+        results[mode] = _saved_bytes_and_grads(model, ids, pos, tgt)
+        if mode == "compiled-recompute":  # undone: the modules' own forwards again, eager
+            compile_mod.uncompile_layers(model)
+            assert not any("_lf_recompute" in m.__dict__ or "forward" in m.__dict__ for m in model.modules())
+    eager_loss, _, eager_grads = results["eager"]
+    for mode in ("compiled", "compiled-recompute"):
+        loss, _, grads = results[mode]
+        assert loss == pytest.approx(eager_loss, rel=1e-4), mode
+        for name, grad in eager_grads.items():
+            assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-3), (mode, name)
+    config = AutoModelForCausalLM.from_pretrained(str(path)).config
+    per_layer = (config.intermediate_size + config.hidden_size) * rows * width * 4  # fp32 here
+    assert results["compiled"][1] - results["compiled-recompute"][1] >= config.num_hidden_layers * per_layer
+
+
+def test_recompute_forms_cover_the_norms_and_a_gated_mlp_only(tiny_lm) -> None:
+    import copy
+
+    model = copy.deepcopy(tiny_lm)
+    layer = compile_mod.decoder_layers(model)[0]
+    assert compile_mod.recompute_forms(layer) == 3  # input and post-attention norms, the MLP
+    x = torch.randn(2, 5, model.config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(layer.mlp(x), type(layer.mlp).forward(layer.mlp, x))
+
+    class Odd(torch.nn.Module):  # a gated MLP whose forward does more: left alone
+        def __init__(self, mlp: torch.nn.Module) -> None:
+            super().__init__()
+            self.gate_proj, self.up_proj, self.down_proj, self.act_fn = (mlp.gate_proj, mlp.up_proj,
+                                                                         mlp.down_proj, mlp.act_fn)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)) * 2
+
+    Odd.__name__ = "LlamaMLP"
+    odd = Odd(copy.deepcopy(tiny_lm.model.layers[0].mlp))
+    assert compile_mod.recompute_forms(odd) == 0
+
+
+def test_recompute_forms_take_a_bf16_base_under_fp32_lora(tiny_lm) -> None:
+    """The trainer's state on a CPU: bf16 base weights, fp32 LoRA, peft's input casts off (they only run under
+    autocast): the MLP still gets its recompute region."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from llamaforge_tui.core.train.setup import keep_lora_inputs_narrow
+
+    model = get_peft_model(copy.deepcopy(tiny_lm).to(torch.bfloat16),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"]))
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.data = p.data.float()
+    assert keep_lora_inputs_narrow(model) > 0
+    layer = compile_mod.decoder_layers(model)[0]
+    assert compile_mod.recompute_forms(layer) == 3
+    assert "forward" in layer.mlp.__dict__
+
+
+def test_recompute_option_default_and_validation() -> None:
+    from llamaforge_tui.core.train import fused as fused_mod
+
+    assert config_mod.RECOMPUTE_MODES == fused_mod.RECOMPUTE_MODES
+    assert fused_mod.recompute_enabled("auto", "cpu") and not fused_mod.recompute_enabled("auto", "cuda")
+    assert fused_mod.recompute_enabled("on", "cuda") and not fused_mod.recompute_enabled("off", "cpu")
+    with pytest.raises(ConfigError, match="recompute must be one of"):
+        TrainConfig(recompute="sometimes")
 
 
 # -- options -----------------------------------------------------------------------------------------
@@ -186,9 +273,9 @@ def test_cli_flags_reach_the_config() -> None:
 
     parser = argparse.ArgumentParser()
     train_cmd.register(parser.add_subparsers())
-    args = parser.parse_args(["train", "--compile", "off", "--head-kernel", "compiled"])
+    args = parser.parse_args(["train", "--compile", "off", "--head-kernel", "compiled", "--recompute", "off"])
     cfg = train_cmd.build_config(args)
-    assert (cfg.compile, cfg.head_kernel) == ("off", "compiled")
+    assert (cfg.compile, cfg.head_kernel, cfg.recompute) == ("off", "compiled", "off")
 
 
 # -- padding without a mask ------------------------------------------------------------------------------
@@ -293,10 +380,10 @@ def test_auto_compiles_a_long_cpu_run_after_the_probe_steps(tmp_path: Path, monk
     real_compile = compile_mod.compile_layers
     real_loss = loss_mod.causal_lm_loss_sum
 
-    def fake_compile(m, mode, device_type):  # noqa: ANN001, ANN202 - the wiring, not inductor (tested above)
+    def fake_compile(m, mode, device_type, **kw):  # noqa: ANN001, ANN003, ANN202 - the wiring, not inductor
         if mode == "on":
             return 2, "compile: 2 decoder layers (regional, dynamic shapes, widths bucketed to 16)"
-        return real_compile(m, mode, device_type)
+        return real_compile(m, mode, device_type, **kw)
 
     def run(payback: float) -> tuple[list[float], list[str]]:
         monkeypatch.setattr(compile_mod, "CPU_PAYBACK_S", payback)
