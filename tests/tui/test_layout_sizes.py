@@ -128,3 +128,31 @@ async def test_the_dataset_template_warning_is_shown_whole(tmp_path: Path, size:
         assert len(message) > size[0]  # longer than a line: it has to wrap to be whole
         shown = " ".join(screen_text(app).split())
         assert " ".join(message.split()) in shown
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_status_lines_are_shown_whole(tmp_path: Path, size: tuple[int, int]) -> None:
+    """The Models status with the server down and no models folder (the longest it gets) and the Train monitor's
+    idle title are shown to their last word, not cut after a line or three."""
+    import textwrap
+
+    from textual.widgets import Static
+
+    from llamaforge_tui.tui.widgets.models_pane import ModelsPane
+    from llamaforge_tui.tui.widgets.run_monitor import IDLE_TITLE
+
+    app = make_app(Settings(models_dirs=[str(tmp_path / "no-such-store")]), Services())
+    async with app.run_test(size=size) as pilot:
+        pane = app.query_one(ModelsPane)
+        await wait_for(pilot, lambda: pane.scan is not None and pane.server is not None
+                       and not pane.has_class("-scanning"), what="the scan and the server check")
+        await pilot.pause()
+        status = str(app.query_one("#models-status", Static).render())
+        assert "not reachable at http://127.0.0.1:9" in status and "models folder" in status
+        flat = " ".join(screen_text(app).split())
+        for word_run in (status.split(" · ")[0], status.split(" · ")[-1]):  # the first fact and the last
+            assert " ".join(word_run.split()) in flat, (size, word_run)
+        await show_train(app, pilot)
+        await pilot.pause()
+        flat = " ".join(line.split("│")[-1].strip() for line in screen_text(app).splitlines())
+        assert " ".join(IDLE_TITLE.split()) in " ".join(flat.split()), (size, textwrap.shorten(flat, 300))

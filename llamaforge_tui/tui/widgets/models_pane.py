@@ -246,20 +246,23 @@ class ModelsPane(ModelActions, Vertical):
         self.refresh_bindings()  # the server actions follow the server's state
 
     def _update_status(self, error: str | None = None) -> None:
+        # Short, actionable facts first (the server's state, the counts, the filter), the long folder problems
+        # last: at 80 columns the line wraps and the status shows at most a few lines.
         parts = []
         if error:
             parts.append(error)
-        if self.scan is not None:
-            roots = ", ".join(str(r) for r in self.scan.roots) or "no readable models folder"
-            usable = sum(1 for m in self.models if m.status == "ok")
-            parts.append(f"{len(self.models)} models ({usable} usable) in {roots}")
-            parts.extend(self.scan.problems)
         parts.append(self.server.describe() if self.server else "checking the Ollama server…")
         reason = self.server_down_reason()
         if reason:
             parts.append(reason)
+        if self.scan is not None:
+            roots = ", ".join(str(r) for r in self.scan.roots) or "no readable models folder"
+            usable = sum(1 for m in self.models if m.status == "ok")
+            parts.append(f"{len(self.models)} models ({usable} usable) in {roots}")
         if self.filter_text:
             parts.append(f"filter: {self.filter_text!r} ({len(self._shown)} shown)")
+        if self.scan is not None:
+            parts.extend(self.scan.problems)
         self.query_one("#models-status", Static).update(Text(" · ".join(parts)))
 
     # -- table ------------------------------------------------------------------------------------------
