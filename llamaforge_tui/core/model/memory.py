@@ -50,9 +50,10 @@ SAVED_PER_H, SAVED_PER_FF, SAVED_PER_Q, SAVED_PER_KV = 4.0, 5.5, 5.0, 4.0
 # normed inputs of the LoRA projections), 4 of the query width (q before and after RoPE, attention's output and
 # its reshaped copy), 3 of the key/value width, 3 of the MLP width (gate, up, their product); times a slack
 # fitted to measured peaks (bench_memory, CPU: 1.01-1.06 for Gemma 3 270M in bf16, 1.26 in fp32, 1.46 for a
-# random Llama with grouped KV heads; one factor for all keeps the estimate within 0.92-1.12 of each). Eager
-# layers keep one h and one ff less (the MLP's norm output and act(gate) * up are recomputed in backward);
-# compiled ones do not, so the count stays at the larger figure: the plan errs on the side of refusing.
+# random Llama with grouped KV heads; one factor for all keeps the estimate within 0.92-1.12 of each). With
+# ``recompute`` on (the CPU's default) eager layers keep one h and one ff less and compiled ones up to two h and
+# one ff less (core/train/fused.py, compile.py); the count stays at the larger figure, which holds with it off:
+# the plan errs on the side of refusing.
 FUSED_SAVED_PER_H, FUSED_SAVED_PER_FF, FUSED_SAVED_PER_Q, FUSED_SAVED_PER_KV = 6.0, 3.0, 4.0, 3.0
 FUSED_SLACK = 1.3
 # One chunk of logits at its peak: the matmul's output buffer (compute dtype, the gradient goes back through
