@@ -146,7 +146,7 @@ def recompute_forms(layer: Any) -> int:
     token and layer one of the MLP's width and two of the hidden size. The recomputation is pointwise work
     fused into the backward kernels. The compiler's counterpart of :mod:`fused`'s recipes, which cannot run
     inside a compiled graph (saved-tensor hooks). Measured (2-core EPYC, Gemma 3 270M, bench_train): peak RSS
-    1,611-1,636 MiB against 1,745, the same steady tokens/s. Returns the modules changed; undone by
+    1,608-1,617 MiB against 1,742-1,751, steady tokens/s no lower. Returns the modules changed; undone by
     :func:`uncompile_layers`."""
     import types
 

@@ -328,7 +328,7 @@ def recompute_enabled(mode: str, device_type: str) -> bool:
     """Whether a run with ``recompute = mode`` rebuilds norm outputs and ``act(gate) * up`` in backward (eager
     layers: :func:`recompute_kept_outputs`; compiled ones: ``core.train.compile.recompute_forms``). auto: on for
     the CPU, where it was measured (Gemma 3 270M, bench_train: eager peak RSS 1,620-1,664 MiB against
-    1,728-1,752, compiled 1,611-1,636 against 1,745, the same speed); elsewhere off until measured there."""
+    1,728-1,752, compiled 1,608-1,617 against 1,742-1,751, the same speed); elsewhere off until measured there."""
     return mode == "on" or (mode == "auto" and device_type == "cpu")
 
 

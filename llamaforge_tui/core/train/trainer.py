@@ -228,8 +228,8 @@ class TrainingRecipe(RecipeEvaluation):
                 torch.manual_seed(seed_for(cfg.seed, position))
             tensors = part.tensors(self.device, self.pad_id, self.pad_multiple)
             sync = contextlib.nullcontext()
-            # eager layers only: compiled ones run the original forms and the compiler chooses what to keep; and
-            # not under gradient checkpointing, which keeps nothing inside a layer
+            # eager layers only (compiled ones got recompute regions when they were compiled); and not under
+            # gradient checkpointing, which keeps nothing inside a layer
             recompute = fused_mod.recompute_kept_outputs(
                 self.recompute and self.fused_forms > 0 and not self.compiled_layers
                 and not cfg.gradient_checkpointing)
