@@ -51,9 +51,10 @@ SAVED_PER_H, SAVED_PER_FF, SAVED_PER_Q, SAVED_PER_KV = 4.0, 5.5, 5.0, 4.0
 # its reshaped copy), 3 of the key/value width, 3 of the MLP width (gate, up, their product); times a slack
 # fitted to measured peaks (bench_memory, CPU: 1.01-1.06 for Gemma 3 270M in bf16, 1.26 in fp32, 1.46 for a
 # random Llama with grouped KV heads; one factor for all keeps the estimate within 0.92-1.12 of each). With
-# ``recompute`` on (the CPU's default) eager layers keep one h and one ff less and compiled ones up to two h and
-# one ff less (core/train/fused.py, compile.py); the count stays at the larger figure, which holds with it off:
-# the plan errs on the side of refusing.
+# ``recompute`` on (the CPU's default) eager layers keep one h and one ff less (the MLP's norm output and
+# act(gate) * up, rebuilt in backward: core/train/fused.py) and compiled ones up to two h and one ff less
+# (core/train/compile.py): the plan counts the eager figure, the larger of the two. Without that the estimate of
+# an fp32 Gemma 3 270M run (tests/core/model/test_memory_plan.py) came to 1.22-1.26x its measured peak.
 FUSED_SAVED_PER_H, FUSED_SAVED_PER_FF, FUSED_SAVED_PER_Q, FUSED_SAVED_PER_KV = 6.0, 3.0, 4.0, 3.0
 FUSED_SLACK = 1.3
 # One chunk of logits at its peak: the matmul's output buffer (compute dtype, the gradient goes back through
@@ -162,9 +163,10 @@ def lora_parameters(config: Any, rank: int, targets: tuple[str, ...] = DEFAULT_L
 
 
 def activation_bytes(config: Any, batch_size: int, seq_len: int, dtype_size: int, *,
-                     gradient_checkpointing: bool = False, fused: bool = False) -> int:
+                     gradient_checkpointing: bool = False, fused: bool = False, recompute: bool = False) -> int:
     """Bytes the forward pass saves for backward over ``batch_size x seq_len`` tokens (padding included);
-    ``fused``: with core/train/fused.py's norms and activations."""
+    ``fused``: with core/train/fused.py's norms and activations; ``recompute``: with their outputs rebuilt in
+    backward too (the ``recompute`` option; counted only with ``fused``, as the eager recipes need it)."""
     h = int(_cfg(config, "hidden_size"))
     ff = int(_cfg(config, "intermediate_size"))
     heads = int(_cfg(config, "num_attention_heads"))
@@ -173,7 +175,9 @@ def activation_bytes(config: Any, batch_size: int, seq_len: int, dtype_size: int
     layers = int(_cfg(config, "num_hidden_layers"))
     tokens = batch_size * seq_len
     if fused:
-        per_token_layer = (FUSED_SAVED_PER_H * h + FUSED_SAVED_PER_FF * ff + FUSED_SAVED_PER_Q * heads * hd
+        kept_h, kept_ff = (FUSED_SAVED_PER_H - 1, FUSED_SAVED_PER_FF - 1) if recompute else (FUSED_SAVED_PER_H,
+                                                                                         FUSED_SAVED_PER_FF)
+        per_token_layer = (kept_h * h + kept_ff * ff + FUSED_SAVED_PER_Q * heads * hd
                            + FUSED_SAVED_PER_KV * kv * hd) * dtype_size * FUSED_SLACK
     else:
         per_token_layer = (FP32_SAVED_PER_H * h * 4
@@ -209,7 +213,8 @@ def estimate_memory(config: Any, *, dtype: Any = "bfloat16", device: str | torch
                     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS, weights_bytes: int | None = None,
                     gradient_checkpointing: bool = False, free: int | None = None,
                     training: bool = True, batch: BatchShape | None = None, head_chunk_rows: int | None = None,
-                    load_transient: int = 0, pool: str | None = None, fused: bool = False) -> MemoryEstimate:
+                    load_transient: int = 0, pool: str | None = None, fused: bool = False,
+                    recompute: bool = False) -> MemoryEstimate:
     """Estimate the peak memory of training (or, ``training=False``, loading) and compare it with free memory.
 
     ``batch``: the largest micro-batch of the run's data (``core.train.plan``); without it the worst case
@@ -229,7 +234,8 @@ def estimate_memory(config: Any, *, dtype: Any = "bfloat16", device: str | torch
         lora = n_lora * 4
         optimizer = n_lora * 4 * 3  # AdamW moments + gradient, fp32
         activations = activation_bytes(config, shape.rows, shape.width, size,
-                                       gradient_checkpointing=gradient_checkpointing, fused=fused)
+                                       gradient_checkpointing=gradient_checkpointing, fused=fused,
+                                       recompute=recompute)
         head = head_bytes(config, shape.label_rows, size, chunk_rows=head_chunk_rows, device=dev)
     runtime = runtime_bytes(config, dev)
     step = lora + optimizer + activations + head

@@ -57,6 +57,26 @@ def test_fused_norms_and_activations_are_counted_where_the_run_uses_them(tiny: t
     assert acts["auto"] == acts["on"] < acts["off"]
 
 
+def test_recomputed_outputs_are_not_counted_where_the_run_recomputes(tiny: tuple[Path, Path]) -> None:
+    """With ``recompute`` (on by default on a CPU) the fused count keeps one hidden-wide and one MLP-wide tensor
+    less per token and layer; off, or under gradient checkpointing, the plan counts them again."""
+    batch = BatchShape(rows=8, width=381, label_rows=1500)
+    kept = estimate_memory(GEMMA_270M, dtype="bfloat16", batch=batch, lora_rank=16, free=64 * 2**30, fused=True)
+    rebuilt = estimate_memory(GEMMA_270M, dtype="bfloat16", batch=batch, lora_rank=16, free=64 * 2**30, fused=True,
+                              recompute=True)
+    h, ff, layers = GEMMA_270M["hidden_size"], GEMMA_270M["intermediate_size"], GEMMA_270M["num_hidden_layers"]
+    assert kept.activations - rebuilt.activations == pytest.approx(8 * 381 * layers * (h + ff) * 2 * 1.3, rel=1e-6)
+    model, data = tiny
+    acts = {}
+    for mode in ("auto", "on", "off"):
+        cfg = TrainConfig(model=str(model), data=str(data), device="cpu", recompute=mode)
+        acts[mode] = plan_run(cfg, Settings()).memory.activations
+    assert acts["auto"] == acts["on"] < acts["off"]
+    ckpt = TrainConfig(model=str(model), data=str(data), device="cpu", recompute="on", gradient_checkpointing=True)
+    plain = TrainConfig(model=str(model), data=str(data), device="cpu", recompute="off", gradient_checkpointing=True)
+    assert plan_run(ckpt, Settings()).memory.activations == plan_run(plain, Settings()).memory.activations
+
+
 def test_the_head_costs_one_chunk_of_labelled_rows() -> None:
     few = head_bytes(GEMMA_270M, 10, 4, chunk_rows=256)
     many = head_bytes(GEMMA_270M, 5000, 4, chunk_rows=256)
