@@ -42,6 +42,16 @@ def test_the_walkthrough_case_follows_the_data_not_max_seq_len() -> None:
     assert worst.activations > 10 * short.activations
 
 
+def _planned_activations(tiny: tuple[Path, Path], option: str, **fields: object) -> dict[str, int]:
+    """The plan's activation figure for the tiny model on the CPU with ``option`` auto, on and off."""
+    model, data = tiny
+    acts = {}
+    for mode in ("auto", "on", "off"):
+        cfg = TrainConfig(model=str(model), data=str(data), device="cpu", **{option: mode}, **fields)
+        acts[mode] = plan_run(cfg, Settings()).memory.activations
+    return acts
+
+
 def test_fused_norms_and_activations_are_counted_where_the_run_uses_them(tiny: tuple[Path, Path]) -> None:
     """bf16 on Gemma 3 270M: the fused forms keep about half (measured 1,081-1,680 MiB against the unfused
     formula's 2,124-3,161); the plan counts them when the run will fuse (CPU and auto, or on) and not when off."""
@@ -49,11 +59,7 @@ def test_fused_norms_and_activations_are_counted_where_the_run_uses_them(tiny: t
     plain = estimate_memory(GEMMA_270M, dtype="bfloat16", batch=batch, lora_rank=16, free=64 * 2**30)
     fused = estimate_memory(GEMMA_270M, dtype="bfloat16", batch=batch, lora_rank=16, free=64 * 2**30, fused=True)
     assert 0.5 < fused.activations / plain.activations < 0.75
-    model, data = tiny
-    acts = {}
-    for mode in ("auto", "on", "off"):
-        cfg = TrainConfig(model=str(model), data=str(data), device="cpu", fused=mode)
-        acts[mode] = plan_run(cfg, Settings()).memory.activations
+    acts = _planned_activations(tiny, "fused")
     assert acts["auto"] == acts["on"] < acts["off"]
 
 
@@ -66,15 +72,10 @@ def test_recomputed_outputs_are_not_counted_where_the_run_recomputes(tiny: tuple
                               recompute=True)
     h, ff, layers = GEMMA_270M["hidden_size"], GEMMA_270M["intermediate_size"], GEMMA_270M["num_hidden_layers"]
     assert kept.activations - rebuilt.activations == pytest.approx(8 * 381 * layers * (h + ff) * 2 * 1.3, rel=1e-6)
-    model, data = tiny
-    acts = {}
-    for mode in ("auto", "on", "off"):
-        cfg = TrainConfig(model=str(model), data=str(data), device="cpu", recompute=mode)
-        acts[mode] = plan_run(cfg, Settings()).memory.activations
+    acts = _planned_activations(tiny, "recompute")
     assert acts["auto"] == acts["on"] < acts["off"]
-    ckpt = TrainConfig(model=str(model), data=str(data), device="cpu", recompute="on", gradient_checkpointing=True)
-    plain = TrainConfig(model=str(model), data=str(data), device="cpu", recompute="off", gradient_checkpointing=True)
-    assert plan_run(ckpt, Settings()).memory.activations == plan_run(plain, Settings()).memory.activations
+    checkpointed = _planned_activations(tiny, "recompute", gradient_checkpointing=True)
+    assert checkpointed["on"] == checkpointed["off"]
 
 
 def test_the_head_costs_one_chunk_of_labelled_rows() -> None:
