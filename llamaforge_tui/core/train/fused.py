@@ -324,11 +324,15 @@ def default_fused(device_type: str) -> bool:
     return device_type == "cpu"
 
 
-def recompute_enabled(mode: str, device_type: str) -> bool:
+def recompute_enabled(mode: str, device_type: str, gradient_checkpointing: bool = False) -> bool:
     """Whether a run with ``recompute = mode`` rebuilds norm outputs and ``act(gate) * up`` in backward (eager
     layers: :func:`recompute_kept_outputs`; compiled ones: ``core.train.compile.recompute_forms``). auto: on for
     the CPU, where it was measured (Gemma 3 270M, bench_train: eager peak RSS 1,620-1,664 MiB against
-    1,728-1,752, compiled 1,608-1,617 against 1,742-1,751, the same speed); elsewhere off until measured there."""
+    1,728-1,752, compiled 1,608-1,617 against 1,742-1,751, the same speed); elsewhere off until measured there.
+    Never under gradient checkpointing, which keeps nothing inside a layer anyway (the trainer, the compiled
+    layers and the memory plan all ask here)."""
+    if gradient_checkpointing:
+        return False
     return mode == "on" or (mode == "auto" and device_type == "cpu")
 
 

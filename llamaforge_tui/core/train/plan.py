@@ -213,6 +213,7 @@ def _memory(config: TrainConfig, settings: Settings, device: str, batch: BatchSh
     if not config.model:
         return None
     resolved = resolve_source(config.model, settings, config.weights, download=False)
+    dtype = _param_dtype(config, device)  # the weights' dtype: the load transient and the estimate both use it
     weights_bytes = None
     load_transient = 0
     if resolved.gguf_path is not None and resolved.uses_gguf:
@@ -228,14 +229,13 @@ def _memory(config: TrainConfig, settings: Settings, device: str, batch: BatchSh
                 # (already counted in the weights). Into fp32 that is all the transient is: measured on Gemma 3
                 # 270M Q4_K_M, the load's peak RSS equals its RSS after loading (1,597 against 1,593 MiB). Into a
                 # narrower dtype the blocks go through fp32 first, so that copy is the transient too.
-                fp32_copy = 0 if str(_param_dtype(config, device)).endswith("float32") else 4
+                fp32_copy = 0 if str(dtype).endswith("float32") else 4
                 load_transient = max((t.n_elements * fp32_copy + t.nbytes for t in gguf.tensors), default=0)
     elif resolved.model_dir is not None:
         model_config = json.loads((Path(resolved.model_dir) / "config.json").read_text(encoding="utf-8"))
         model_config = model_config.get("text_config", model_config) if "hidden_size" not in model_config else model_config
     else:
         return None
-    dtype = _param_dtype(config, device)
     vocab = int(model_config.get("vocab_size") or 0)
     pool, free_bytes = free if free is not None else (None, None)
     batch = _one_pass(batch, pass_tokens_for(config.pass_tokens, device.split(":")[0]))
@@ -268,7 +268,7 @@ def _fused(config: TrainConfig, device: str) -> bool:
 def _recompute(config: TrainConfig, device: str) -> bool:
     from llamaforge_tui.core.train.fused import recompute_enabled
 
-    return recompute_enabled(config.recompute, device.split(":")[0]) and not config.gradient_checkpointing
+    return recompute_enabled(config.recompute, device.split(":")[0], config.gradient_checkpointing)
 
 
 def _default_targets() -> tuple[str, ...]:

@@ -164,9 +164,9 @@ class TrainingRecipe(RecipeEvaluation):
         if lora_mlps:
             self.say(f"fused LoRA MLPs: {lora_mlps} (gate and up as one matmul, act(gate) * up recomputed)")
         self.loss_fn = loss_module(self.model.get_base_model(), head_kernel=cfg.head_kernel)
-        self.recompute = fused_mod.recompute_enabled(cfg.recompute, self.device.type)
+        self.recompute = fused_mod.recompute_enabled(cfg.recompute, self.device.type, cfg.gradient_checkpointing)
         self.compiled_layers, note = compile_mod.compile_layers(self.model, cfg.compile, self.device.type,
-                                                                recompute=self._compiled_recompute())
+                                                                recompute=self.recompute)
         self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
         self.say(note)
         self.pass_tokens = pass_tokens_for(cfg.pass_tokens, self.device.type)
@@ -228,11 +228,9 @@ class TrainingRecipe(RecipeEvaluation):
                 torch.manual_seed(seed_for(cfg.seed, position))
             tensors = part.tensors(self.device, self.pad_id, self.pad_multiple)
             sync = contextlib.nullcontext()
-            # eager layers only (compiled ones got recompute regions when they were compiled); and not under
-            # gradient checkpointing, which keeps nothing inside a layer
+            # eager layers only (compiled ones got recompute regions when they were compiled)
             recompute = fused_mod.recompute_kept_outputs(
-                self.recompute and self.fused_forms > 0 and not self.compiled_layers
-                and not cfg.gradient_checkpointing)
+                self.recompute and self.fused_forms > 0 and not self.compiled_layers)
             if self.dist.enabled and i < len(passes) - 1:
                 sync = self.loss_fn.no_sync()
             with sync:
@@ -268,14 +266,9 @@ class TrainingRecipe(RecipeEvaluation):
                                              self.total_steps - self.step)
         if note and not self.compiled_layers:
             self.compiled_layers, result = compile_mod.compile_layers(self.model, "on", self.device.type,
-                                                                      recompute=self._compiled_recompute())
+                                                                      recompute=self.recompute)
             self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
             self.say(f"{note}; {result}")
-
-    def _compiled_recompute(self) -> bool:
-        """Recompute regions in compiled layers; not under gradient checkpointing, which keeps nothing inside a
-        layer anyway."""
-        return self.recompute and not self.config.gradient_checkpointing
 
     def _train_step_guarded(self) -> tuple[float, float, int, float]:
         """The first step of compiled layers compiles them: if that fails, go back to eager and say so."""
