@@ -62,7 +62,8 @@ CPU_VARIANTS = ("ours", "ours-packed", "baseline")
 LEVERS = {"ours": {}, "ours-eager": {"compile": "off", "head_kernel": "eager"},
           "ours-packed": {"packing": True}, "ours-ckpt": {"gradient_checkpointing": True},
           "ours-compiled": {"compile": "on"}, "ours-unfused": {"fused": "off"}, "ours-unsplit": {"pass_tokens": 0},
-          "ours-keep": {"recompute": "off"}, "ours-compiled-keep": {"compile": "on", "recompute": "off"}}
+          "ours-keep": {"recompute": "off"}, "ours-compiled-keep": {"compile": "on", "recompute": "off"},
+          "ours-compiled-sdpa": {"compile": "on", "attention": "sdpa"}, "ours-matmul": {"attention": "matmul"}}
 
 
 def make_dataset(path: Path, n: int, seed: int = 0) -> Path:
@@ -116,7 +117,7 @@ def _run_ours_in(out: Path, args: argparse.Namespace, levers: dict) -> dict:
         name = type(event).__name__
         if name == "StepLogged":
             steps.append(event)
-        elif name == "LogLine" and ("compile" in event.message or "kernel" in event.message):
+        elif name == "LogLine" and any(w in event.message for w in ("compile", "kernel", "attention:")):
             notes.append(event.message)
 
     from llamaforge_tui.core.train import trainer as trainer_mod

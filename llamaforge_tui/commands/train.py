@@ -87,6 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--recompute", choices=("auto", "on", "off"), help="rebuild norm outputs and the MLP's "
                         "act(gate) * up in backward instead of keeping them (less activation memory, the same "
                         "gradients; auto: on for the CPU, as measured)")
+    parser.add_argument("--attention", choices=("auto", "matmul", "sdpa"), help="attention on a CPU: query heads "
+                        "folded into batched matmuls, or SDPA's flash kernel (auto: matmul where the layers are "
+                        "compiled on a CPU, as measured; sdpa everywhere else)")
     parser.add_argument("--pass-tokens", type=int, metavar="N", help="tokens per forward pass: a wider "
                         "micro-batch runs as groups of rows, gradients summed (the same step, less memory; auto: "
                         "1024 on the CPU, as measured, no split elsewhere; 0: never split)")
@@ -117,7 +120,7 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
         changes["packing"] = False
     if getattr(args, "gradient_checkpointing", False):
         changes["gradient_checkpointing"] = True
-    for option in ("compile", "head_kernel", "fused", "recompute", "pass_tokens"):
+    for option in ("compile", "head_kernel", "fused", "recompute", "attention", "pass_tokens"):
         if getattr(args, option, None) is not None:
             changes[option] = getattr(args, option)
     if getattr(args, "eval_at_end", None) is not None:

@@ -39,6 +39,7 @@ COMPILE_MODES = ("auto", "on", "off")  # kept equal to core.train.compile.COMPIL
 HEAD_KERNELS = ("auto", "compiled", "eager")  # and to core.train.loss.HEAD_KERNELS
 FUSED_MODES = ("auto", "on", "off")  # and to core.train.fused.FUSED_MODES
 RECOMPUTE_MODES = ("auto", "on", "off")  # and to core.train.fused.RECOMPUTE_MODES
+ATTENTION_MODES = ("auto", "matmul", "sdpa")  # and to core.train.attention.ATTENTION_MODES
 # Measured on Gemma 3 270M (2-core EPYC, bf16, batches of 4 up to 4 x 331 tokens, three runs each): no split
 # 2,005-2,011 MiB peak RSS, 1,024 tokens a pass 1,658-1,690 MiB at the same or better speed, 512 tokens
 # 1,564-1,568 MiB but slower in one run of three.
@@ -97,6 +98,9 @@ class TrainConfig:
     # Norm outputs and act(gate) * up rebuilt in backward instead of kept (eager: fused.py's recipes; compiled
     # layers: recompute regions for the partitioner): auto | on | off
     recompute: str = "auto"
+    # Attention on a CPU: query heads folded into batched matmuls (core/train/attention.py) or SDPA's flash
+    # kernel: auto (matmul where the layers are compiled on a CPU) | matmul | sdpa
+    attention: str = "auto"
     # Tokens per forward pass: a micro-batch whose padded size (rows x width) is bigger runs as groups of rows,
     # their gradients summed (the same step, a fraction of the activation memory). None: auto (the CPU:
     # DEFAULT_PASS_TOKENS_CPU; elsewhere no split); 0: never split.
@@ -143,6 +147,7 @@ class TrainConfig:
             (self.head_kernel in HEAD_KERNELS, f"head_kernel must be one of {', '.join(HEAD_KERNELS)}"),
             (self.fused in FUSED_MODES, f"fused must be one of {', '.join(FUSED_MODES)}"),
             (self.recompute in RECOMPUTE_MODES, f"recompute must be one of {', '.join(RECOMPUTE_MODES)}"),
+            (self.attention in ATTENTION_MODES, f"attention must be one of {', '.join(ATTENTION_MODES)}"),
             (self.pass_tokens is None or self.pass_tokens >= 0, "pass_tokens must be >= 0 (0: never split)"),
             (self.weights in WEIGHTS, f"weights must be one of {', '.join(WEIGHTS)}"),
             (self.data_policy in POLICIES, f"data_policy must be one of {', '.join(POLICIES)}"),

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llamaforge_tui.core.train import attention as attention_mod
 from llamaforge_tui.core.train import checkpoint as ckpt
 from llamaforge_tui.core.train import compile as compile_mod
 from llamaforge_tui.core.train import device as device_mod
@@ -66,6 +67,7 @@ class TrainingRecipe(RecipeEvaluation):
         self.last_eval_step = -1
         self.last_eval_totals: tuple[float, int] = (0.0, 0)
         self.started = time.time()
+        self.attention_changed: list = []  # model configs switched to the matmul attention, restored at cleanup
 
     # -- events ---------------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -169,6 +171,7 @@ class TrainingRecipe(RecipeEvaluation):
                                                                 recompute=self.recompute)
         self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
         self.say(note)
+        self.say(self._choose_attention())
         self.pass_tokens = pass_tokens_for(cfg.pass_tokens, self.device.type)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -261,6 +264,14 @@ class TrainingRecipe(RecipeEvaluation):
         self.optimizer.zero_grad(set_to_none=True)
         return loss, grad_norm, step_tokens, lr
 
+    def _choose_attention(self) -> str:
+        """(Re)pick the attention path for the layers as they are now (``auto`` asks whether they are compiled);
+        returns the note for the log."""
+        attention_mod.restore_attention(self.attention_changed)
+        self.attention_changed, note = attention_mod.use_matmul_attention(
+            self.model, self.config.attention, self.device.type, compiled=bool(self.compiled_layers))
+        return note
+
     def _maybe_compile_late(self, steps_done: int, seconds: float) -> None:
         note = compile_mod.late_compile_note(self.config.compile, self.device.type, steps_done, seconds,
                                              self.total_steps - self.step)
@@ -268,7 +279,7 @@ class TrainingRecipe(RecipeEvaluation):
             self.compiled_layers, result = compile_mod.compile_layers(self.model, "on", self.device.type,
                                                                       recompute=self.recompute)
             self.pad_multiple = compile_mod.BUCKET if self.compiled_layers else 0
-            self.say(f"{note}; {result}")
+            self.say(f"{note}; {result}; {self._choose_attention()}")
 
     def _train_step_guarded(self) -> tuple[float, float, int, float]:
         """The first step of compiled layers compiles them: if that fails, go back to eager and say so."""
@@ -281,6 +292,7 @@ class TrainingRecipe(RecipeEvaluation):
                 raise
             compile_mod.uncompile_layers(self.model)
             self.compiled_layers, self.pad_multiple = 0, 0
+            self._choose_attention()
             self.optimizer.zero_grad(set_to_none=True)
             self.say(f"compile failed ({type(exc).__name__}); continuing with eager layers", "warning")
             return self._train_step()
@@ -372,6 +384,8 @@ class TrainingRecipe(RecipeEvaluation):
         return path
 
     def cleanup(self) -> None:
+        attention_mod.restore_attention(self.attention_changed)
+        self.attention_changed = []
         if self.events is not None:
             self.events.close()
             self.events = None
