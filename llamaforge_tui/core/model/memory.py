@@ -163,10 +163,13 @@ def lora_parameters(config: Any, rank: int, targets: tuple[str, ...] = DEFAULT_L
 
 
 def activation_bytes(config: Any, batch_size: int, seq_len: int, dtype_size: int, *,
-                     gradient_checkpointing: bool = False, fused: bool = False, recompute: bool = False) -> int:
+                     gradient_checkpointing: bool = False, fused: bool = False, recompute: bool = False,
+                     attention_probs: bool = False) -> int:
     """Bytes the forward pass saves for backward over ``batch_size x seq_len`` tokens (padding included);
     ``fused``: with core/train/fused.py's norms and activations; ``recompute``: with their outputs rebuilt in
-    backward too (the ``recompute`` option; counted only with ``fused``, as the eager recipes need it)."""
+    backward too (the ``recompute`` option; counted only with ``fused``, as the eager recipes need it);
+    ``attention_probs``: attention keeps its probabilities (core/train/attention.py's matmul path: heads x
+    seq^2 numbers a row and layer, where SDPA keeps one a row)."""
     h = int(_cfg(config, "hidden_size"))
     ff = int(_cfg(config, "intermediate_size"))
     heads = int(_cfg(config, "num_attention_heads"))
@@ -183,9 +186,10 @@ def activation_bytes(config: Any, batch_size: int, seq_len: int, dtype_size: int
         per_token_layer = (FP32_SAVED_PER_H * h * 4
                            + (SAVED_PER_H * h + SAVED_PER_FF * ff + SAVED_PER_Q * heads * hd
                               + SAVED_PER_KV * kv * hd) * dtype_size)
+    probs = batch_size * heads * seq_len * seq_len * dtype_size if attention_probs else 0
     if gradient_checkpointing:  # each layer keeps its input; one layer at a time is recomputed in full
-        return int(tokens * (layers * h * dtype_size + per_token_layer))
-    return int(tokens * layers * per_token_layer)
+        return int(tokens * (layers * h * dtype_size + per_token_layer) + probs)
+    return int(tokens * layers * per_token_layer + layers * probs)
 
 
 def head_bytes(config: Any, label_rows: int, dtype_size: int, *, chunk_rows: int | None = None,
@@ -214,7 +218,7 @@ def estimate_memory(config: Any, *, dtype: Any = "bfloat16", device: str | torch
                     gradient_checkpointing: bool = False, free: int | None = None,
                     training: bool = True, batch: BatchShape | None = None, head_chunk_rows: int | None = None,
                     load_transient: int = 0, pool: str | None = None, fused: bool = False,
-                    recompute: bool = False) -> MemoryEstimate:
+                    recompute: bool = False, attention_probs: bool = False) -> MemoryEstimate:
     """Estimate the peak memory of training (or, ``training=False``, loading) and compare it with free memory.
 
     ``batch``: the largest micro-batch of the run's data (``core.train.plan``); without it the worst case
@@ -235,7 +239,7 @@ def estimate_memory(config: Any, *, dtype: Any = "bfloat16", device: str | torch
         optimizer = n_lora * 4 * 3  # AdamW moments + gradient, fp32
         activations = activation_bytes(config, shape.rows, shape.width, size,
                                        gradient_checkpointing=gradient_checkpointing, fused=fused,
-                                       recompute=recompute)
+                                       recompute=recompute, attention_probs=attention_probs)
         head = head_bytes(config, shape.label_rows, size, chunk_rows=head_chunk_rows, device=dev)
     runtime = runtime_bytes(config, dev)
     step = lora + optimizer + activations + head

@@ -246,7 +246,8 @@ def _memory(config: TrainConfig, settings: Settings, device: str, batch: BatchSh
                            free=free_bytes, pool=pool, batch=batch,
                            head_chunk_rows=max_chunk_rows(vocab, device.split(":")[0]) if vocab else None,
                            load_transient=load_transient, fused=_fused(config, device),
-                           recompute=_recompute(config, device))
+                           recompute=_recompute(config, device),
+                           attention_probs=_attention_probs(config, device, batch))
 
 
 def _one_pass(batch: BatchShape | None, budget: int) -> BatchShape | None:
@@ -263,6 +264,18 @@ def _fused(config: TrainConfig, device: str) -> bool:
     from llamaforge_tui.core.train.fused import enabled
 
     return enabled(config.fused, device.split(":")[0])
+
+
+def _attention_probs(config: TrainConfig, device: str, batch: BatchShape | None) -> bool:
+    """Whether the run's attention keeps its probabilities (the matmul path: asked for, or ``auto`` with layers
+    compiled from the start, on a CPU, for rows it takes)."""
+    from llamaforge_tui.core.train import attention
+
+    if device.split(":")[0] != "cpu" or config.attention == "sdpa":
+        return False
+    if config.attention == "auto" and not attention.default_matmul("cpu", compiled=config.compile == "on"):
+        return False
+    return (batch.width if batch is not None else config.max_seq_len) <= attention.MAX_KEYS
 
 
 def _recompute(config: TrainConfig, device: str) -> bool:

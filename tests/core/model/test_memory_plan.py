@@ -78,6 +78,35 @@ def test_recomputed_outputs_are_not_counted_where_the_run_recomputes(tiny: tuple
     assert checkpointed["on"] == checkpointed["off"]
 
 
+def test_kept_attention_probabilities_are_counted_where_the_run_keeps_them(tiny: tuple[Path, Path]) -> None:
+    """The matmul attention keeps batch x heads x width^2 probabilities a layer (bf16 here); the plan counts them
+    where the run takes that path: asked for, or auto with layers compiled from the start, on a CPU, and rows no
+    wider than attention.MAX_KEYS."""
+    from llamaforge_tui.core.train import attention
+
+    batch = BatchShape(rows=2, width=331, label_rows=400)
+    sdpa = estimate_memory(GEMMA_270M, dtype="bfloat16", batch=batch, lora_rank=16, free=64 * 2**30, fused=True)
+    kept = estimate_memory(GEMMA_270M, dtype="bfloat16", batch=batch, lora_rank=16, free=64 * 2**30, fused=True,
+                           attention_probs=True)
+    assert kept.activations - sdpa.activations == 18 * 2 * 4 * 331 * 331 * 2
+    model, data = tiny
+
+    def planned(device: str = "cpu", **fields: object) -> int:
+        cfg = TrainConfig(model=str(model), data=str(data), device=device, **fields)
+        return plan_run(cfg, Settings()).memory.activations
+
+    base = planned(attention="sdpa")
+    assert planned(attention="matmul") > base
+    assert planned(attention="auto", compile="on") > base
+    assert planned(attention="auto") == planned(attention="auto", compile="off") == base
+    from llamaforge_tui.core.train import plan as plan_mod
+
+    cfg = TrainConfig(model=str(model), data=str(data), attention="matmul")
+    assert plan_mod._attention_probs(cfg, "cpu", BatchShape(1, attention.MAX_KEYS, 1))
+    assert not plan_mod._attention_probs(cfg, "cpu", BatchShape(1, attention.MAX_KEYS + 1, 1))  # SDPA there
+    assert not plan_mod._attention_probs(cfg, "cuda:0", BatchShape(1, 64, 1))
+
+
 def test_the_head_costs_one_chunk_of_labelled_rows() -> None:
     few = head_bytes(GEMMA_270M, 10, 4, chunk_rows=256)
     many = head_bytes(GEMMA_270M, 5000, 4, chunk_rows=256)
