@@ -138,9 +138,7 @@ def _function() -> Any:
 def folded_attention(q: Any, k: Any, v: Any, allowed: Any, scale: float) -> Any:
     """[B, S, H, D] attention output of ``q`` [B, H, S, D] over ``k``, ``v`` [B, Hk, S, D] where ``allowed``
     (bool, [S, S] or [B or 1, 1, S, S]) is True."""
-    if "apply" not in _FN:
-        _function()
-    return _FN["apply"](q, k, v, allowed, scale)
+    return _FN["apply"](q, k, v, allowed, scale) if "apply" in _FN else _function().apply(q, k, v, allowed, scale)
 
 
 def _fits(module: Any, query: Any, key: Any, attention_mask: Any, dropout: float, kwargs: dict) -> bool:
@@ -173,8 +171,11 @@ def matmul_attention_forward(module: Any, query: Any, key: Any, value: Any, atte
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       sliding_window=sliding_window, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if attention_mask is None:  # plain causal rows: transformers built no mask
-        allowed = _allowed(query.shape[2], key.shape[2], sliding_window, query.device)
+    if attention_mask is None:
+        # Plain causal rows: transformers builds no mask only when no key falls outside a sliding window
+        # (masking_utils._ignore_causal_mask_sdpa), so the window is not read here. Reading it made compiled
+        # layers specialize on it: one more graph for the sliding layers, 37 MB more of Python objects.
+        allowed = _allowed(query.shape[2], key.shape[2], None, query.device)
     else:
         allowed = attention_mask
     return folded_attention(query, key, value.to(query.dtype), allowed, scale), None
@@ -185,6 +186,8 @@ def register() -> str:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+    if "apply" not in _FN:  # built here, outside any compiled region: building a class there breaks the graph
+        _function()
     if IMPL_NAME not in ALL_ATTENTION_FUNCTIONS._global_mapping:
         ALL_ATTENTION_FUNCTIONS.register(IMPL_NAME, matmul_attention_forward)
     if IMPL_NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
