@@ -7,8 +7,8 @@ head as its own problem. Here the query heads that share a key/value head become
 ``[batch * kv_heads, seq * group, head_dim]``. Then the scores are one batched matmul against the keys, the
 output one against the values, and backward four more. Those shapes keep oneDNN's bf16 matmuls near their peak.
 Measured on the 2-core EPYC (4 query heads on 1 kv head, head dim 256, bf16, forward and backward, each in a
-compiled function): 4 x 240 tokens 13.7 ms against the flash kernel's 19.8, 4 x 512 50 against 76, 1 x 1024 50
-against 57.
+compiled function): 4 x 240 tokens 11.7 ms against the flash kernel's 19.9, 4 x 512 50 against 77, 2 x 512 27
+against 39, 1 x 1024 50 against 55. Eager: 14.0 against 18.9 at 4 x 240, 65 against 55 at 1 x 1024.
 
 Numerics:
 - Scores are computed in fp32 (the inputs widened before their matmul). A bf16 score matmul is rounded to bf16
@@ -19,9 +19,10 @@ Numerics:
   recomputes nothing. Recomputing them (what flash does: keep one log-sum-exp a row) costs a second fp32 score
   matmul; and inside a compiled graph the partitioner moves a backward matmul that needs only forward values
   into the forward and keeps its fp32 result, twice the bytes of these probabilities (measured at 4 x 320
-  tokens: 6.3 MiB a layer kept against 3.1 MiB here and flash's 0 extra; 25.2 ms against 13.7 with the
-  recompute made un-movable). So activation memory is SDPA's plus ``batch x heads x seq^2`` bf16 numbers a
-  layer, bounded by :data:`MAX_KEYS` and :data:`MAX_SCORE_BYTES`.
+  tokens: 6.3 MiB a layer kept against 3.1 MiB here and flash's 0 extra). Made un-movable (the scores and dP as
+  one batched matmul, which needs dO) it took 19.4 ms at 4 x 240, flash's time, against 11.7 here. So
+  activation memory is SDPA's plus ``batch x heads x seq^2`` bf16 numbers a layer, bounded by
+  :data:`MAX_KEYS` and :data:`MAX_SCORE_BYTES`.
 
 Where this does not fit, the call goes to transformers' SDPA path unchanged:
 - other devices;
@@ -40,12 +41,11 @@ from typing import Any
 
 ATTENTION_MODES = ("auto", "matmul", "sdpa")
 IMPL_NAME = "llamaforge_matmul"
-# The longest keys the folded path takes; beyond it, SDPA's flash kernel. Measured (2-core EPYC, 4 query heads
-# on 1 kv head, head dim 256, bf16, forward + backward, inside a compiled function): 4 x 240 tokens 13.7 ms
-# against flash's 19.8, 4 x 512 50 against 76, 1 x 1024 50 against 57. Its cost is the probabilities kept for
-# backward (batch x heads x seq^2 bf16 numbers a layer, where flash keeps one number a row): at 1,024 keys 8 MiB a
-# layer for one row, 144 MiB over Gemma 3 270M's 18, for 12% of attention's time; at 512 keys a quarter of that
-# per row, for a third of its time.
+# The longest keys the folded path takes; beyond it, SDPA's flash kernel. Measured as above: 4 x 512 tokens 50 ms
+# against flash's 77, 1 x 1024 50 against 55 compiled and 65 against 55 eager. The cost is the probabilities kept
+# for backward (batch x heads x seq^2 bf16 numbers a layer, where flash keeps one number a row): at 1,024 keys
+# 8 MiB a layer for one row, 144 MiB over Gemma 3 270M's 18, for 10% of attention's time or none; at 512 keys a
+# quarter of that per row, for a third of its time.
 MAX_KEYS = 512
 # And the largest fp32 score matrix (batch x heads x queries x keys) it builds, one layer at a time.
 MAX_SCORE_BYTES = 64 * 1024 * 1024
@@ -55,10 +55,9 @@ _FN: dict[str, Any] = {}
 
 def default_matmul(device_type: str, compiled: bool) -> bool:
     """What ``attention = "auto"`` picks: the folded path on a CPU where the decoder layers are compiled, SDPA
-    elsewhere. Measured on the 2-core EPYC (4 x 240 tokens, Gemma 3 270M's attention, forward + backward): in a
-    compiled function the folded path takes 13.1 ms against flash's 21.8; run eagerly, its pointwise steps are
-    separate passes over the fp32 scores and it takes 22.8 ms, no gain. Not measured on GPUs, where SDPA has
-    real flash kernels."""
+    elsewhere. Measured on the 2-core EPYC, Gemma 3 270M, bench_train (32 examples, batch 4): compiled layers
+    steady 339 tok/s against 293 with SDPA, peak RSS 1,668 MiB against 1,608; eager layers 272 against 269, no
+    gain for 25 MiB more. Not measured on GPUs, where SDPA has real flash kernels."""
     return device_type == "cpu" and compiled
 
 

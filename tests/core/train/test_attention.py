@@ -289,3 +289,20 @@ def test_compiled_layers_trace_the_matmul_attention_whole() -> None:
     for name, grad in grads.items():
         assert torch.allclose(grad, eager_grads[name], atol=1e-5, rtol=1e-3), name
 
+
+
+@pytest.mark.slow
+def test_layers_compiled_late_switch_to_matmul_attention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile auto`` on a CPU compiles the layers after the first steps when the run is long enough; the
+    attention is picked again then: SDPA while eager, the folded path once compiled, and the losses stay SDPA's."""
+    from llamaforge_tui.core.train import compile as compile_mod
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_mod, "late_compile_note",
+                        lambda mode, _device, done, *_a: "compiling now" if mode == "auto" and done == 2 else None)
+    runs = _runs(tmp_path, {"late": {}, "sdpa": {"attention": "sdpa", "compile": "off"}}, steps=4)
+    late = runs["late"][1]
+    assert late[0] == "attention: sdpa"
+    assert len(late) == 2 and late[1].startswith("compiling now; compile: 2 decoder layers")
+    assert "; attention: matmul" in late[1]
+    assert runs["late"][0] == pytest.approx(runs["sdpa"][0], rel=1e-4)
