@@ -292,9 +292,10 @@ class TrainingRecipe(RecipeEvaluation):
                 raise
             compile_mod.uncompile_layers(self.model)
             self.compiled_layers, self.pad_multiple = 0, 0
-            self._choose_attention()
+            attention_note = self._choose_attention()
             self.optimizer.zero_grad(set_to_none=True)
-            self.say(f"compile failed ({type(exc).__name__}); continuing with eager layers", "warning")
+            self.say(f"compile failed ({type(exc).__name__}); continuing with eager layers; {attention_note}",
+                     "warning")
             return self._train_step()
 
     def train(self) -> RunResult:

@@ -306,3 +306,33 @@ def test_layers_compiled_late_switch_to_matmul_attention(tmp_path: Path, monkeyp
     assert len(late) == 2 and late[1].startswith("compiling now; compile: 2 decoder layers")
     assert "; attention: matmul" in late[1]
     assert runs["late"][0] == pytest.approx(runs["sdpa"][0], rel=1e-4)
+
+
+def test_a_compile_that_fails_goes_back_to_sdpa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layers marked compiled get the folded attention; when their first step fails inside the compiler, the run
+    goes back to eager layers and to SDPA, says so, and trains on with SDPA's losses."""
+    import torch._dynamo.exc as dynamo_exc
+
+    from llamaforge_tui.core.train import compile as compile_mod
+    from llamaforge_tui.core.train import trainer as trainer_mod
+
+    monkeypatch.setattr(compile_mod, "compile_layers", lambda *_a, **_k: (2, "compile: 2 decoder layers (test)"))
+    monkeypatch.setattr(compile_mod, "uncompile_layers", lambda _model: None)
+    real_step = trainer_mod.TrainingRecipe._train_step
+    seen: list[str] = []
+
+    def step(self: trainer_mod.TrainingRecipe) -> tuple:
+        seen.append(self.model.get_base_model().config._attn_implementation)
+        if len(seen) == 1:
+            raise dynamo_exc.TorchRuntimeError("inductor exploded")
+        return real_step(self)
+
+    monkeypatch.setattr(trainer_mod.TrainingRecipe, "_train_step", step)
+    runs = _runs(tmp_path, {"failed": {"compile": "on"}})
+    monkeypatch.setattr(trainer_mod.TrainingRecipe, "_train_step", real_step)
+    reference = _runs(tmp_path / "ref", {"sdpa": {"attention": "sdpa"}})
+    assert seen[:2] == [attention.IMPL_NAME, "sdpa"]
+    lines = runs["failed"][1]
+    assert lines[0].startswith("attention: matmul")
+    assert lines[1] == "compile failed (TorchRuntimeError); continuing with eager layers; attention: sdpa"
+    assert runs["failed"][0] == pytest.approx(reference["sdpa"][0], rel=1e-6)
