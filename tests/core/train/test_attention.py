@@ -262,8 +262,8 @@ def test_compiled_layers_pick_matmul_attention_and_match_sdpa(tmp_path: Path) ->
 def test_compiled_layers_trace_the_matmul_attention_whole() -> None:
     """Compiled decoder layers of a tiny Gemma 3 (a sliding layer with a mask, a global one without) take the
     folded attention into one graph: no graph break (building the autograd function inside the trace was one)
-    and no specialization on the sliding window (a second graph for the sliding layers, measured 37 MB of Python
-    objects on Gemma 3 270M); and the compiled gradients equal the eager ones."""
+    and no specialization on the sliding window (a second graph, and its compile, for the sliding layers); and
+    the compiled gradients equal the eager ones."""
     import torch._dynamo.utils as dynamo_utils
 
     from llamaforge_tui.core.train import compile as compile_mod
