@@ -61,16 +61,11 @@ def default_matmul(device_type: str, compiled: bool) -> bool:
     return device_type == "cpu" and compiled
 
 
-def _allowed(n_q: int, n_k: int, sliding_window: int | None, device: Any) -> Any:
-    """[n_q, n_k] bool: key j visible to query i (causal, within the window if any)."""
+def _allowed(n_q: int, n_k: int, device: Any) -> Any:
+    """[n_q, n_k] bool: key j visible to query i (plain causal)."""
     import torch
 
-    q_pos = torch.arange(n_q, device=device)[:, None]
-    k_pos = torch.arange(n_k, device=device)[None, :]
-    allowed = k_pos <= q_pos
-    if sliding_window:
-        allowed &= (q_pos - k_pos) < sliding_window
-    return allowed
+    return torch.arange(n_k, device=device)[None, :] <= torch.arange(n_q, device=device)[:, None]
 
 
 def _function() -> Any:
@@ -174,7 +169,7 @@ def matmul_attention_forward(module: Any, query: Any, key: Any, value: Any, atte
         # Plain causal rows: transformers builds no mask only when no key falls outside a sliding window
         # (masking_utils._ignore_causal_mask_sdpa), so the window is not read here. Reading it made compiled
         # layers specialize on it: one more graph, and its compile, for the sliding layers.
-        allowed = _allowed(query.shape[2], key.shape[2], None, query.device)
+        allowed = _allowed(query.shape[2], key.shape[2], query.device)
     else:
         allowed = attention_mask
     return folded_attention(query, key, value.to(query.dtype), allowed, scale), None

@@ -4,7 +4,6 @@ and through the trainer gives SDPA's losses, eager and compiled."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,12 @@ def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch
 def _qkv(b: int, h: int, hk: int, s: int, d: int, dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
     torch.manual_seed(seed)
     return [(torch.randn(b, n, s, d) * 1.5).to(dtype).requires_grad_() for n in (h, hk, hk)]
+
+
+def _window_mask(n: int, window: int) -> torch.Tensor:
+    """[S, S] bool: causal, and within ``window`` positions."""
+    pos = torch.arange(n)
+    return (pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] < window)
 
 
 def _packed_mask(b: int, lengths: list[int]) -> torch.Tensor:
@@ -62,12 +67,12 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Ten
 @pytest.mark.parametrize(("h", "hk"), [(4, 1), (4, 2), (6, 3), (4, 4)])
 def test_folded_attention_matches_fp64_causal(h: int, hk: int) -> None:
     q, k, v = _qkv(2, h, hk, 19, 16, torch.float32)
-    _check(q, k, v, attention._allowed(19, 19, None, "cpu"), 1e-5)
+    _check(q, k, v, attention._allowed(19, 19, "cpu"), 1e-5)
 
 
 def test_sliding_window_and_packed_rows_match_fp64() -> None:
     q, k, v = _qkv(2, 4, 1, 23, 16, torch.float32, seed=1)
-    _check(q, k, v, attention._allowed(23, 23, 5, "cpu"), 1e-5)
+    _check(q, k, v, _window_mask(23, 5), 1e-5)
     _check(q, k, v, _packed_mask(2, [7, 11, 5]), 1e-5)
 
 
@@ -84,7 +89,7 @@ def test_bf16_is_as_close_as_the_flash_kernel() -> None:
     """bf16 inputs: fp32 scores and softmax, so the error is bf16's rounding of inputs and outputs, no worse than
     SDPA's own CPU kernel against the same fp64 reference."""
     q, k, v = _qkv(2, 4, 1, 40, 64, torch.bfloat16, seed=3)
-    allowed = attention._allowed(40, 40, None, "cpu")
+    allowed = attention._allowed(40, 40, "cpu")
     _check(q, k, v, allowed, 1.2e-2)
     scale = 64 ** -0.5
     ours = attention.folded_attention(q, k, v, allowed, scale).float()
@@ -109,7 +114,7 @@ def _forward_or_fallback(monkeypatch: pytest.MonkeyPatch, q: torch.Tensor, k: to
 
 def test_what_does_not_fit_goes_to_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     q, k = torch.randn(1, 4, 8, 16), torch.randn(1, 2, 8, 16)
-    mask = attention._allowed(8, 8, None, "cpu")[None, None]
+    mask = attention._allowed(8, 8, "cpu")[None, None]
     assert _forward_or_fallback(monkeypatch, q, k, None) == "matmul"
     assert _forward_or_fallback(monkeypatch, q, k, mask) == "matmul"
     assert _forward_or_fallback(monkeypatch, q, k, mask, dropout=0.1) == "sdpa"
@@ -217,26 +222,9 @@ def test_the_cli_flag_reaches_the_config() -> None:
 def _runs(tmp_path: Path, modes: dict[str, dict], steps: int = 3) -> dict[str, tuple[list[float], list[str]]]:
     """A tiny Llama (4 query heads on 2 kv heads) trained in fp32 per set of options: the step losses and the log
     lines about attention."""
-    from llamaforge_tui.core.settings import Settings
-    from llamaforge_tui.core.train.config import TrainConfig
-    from llamaforge_tui.core.train.trainer import run
-    from tests.fixtures.train_models import make_tiny_llama, write_qa_jsonl
+    from tests.fixtures.train_models import train_runs
 
-    model_dir = make_tiny_llama(tmp_path / "model")
-    data = write_qa_jsonl(tmp_path / "qa.jsonl", repeat=2)
-    runs = {}
-    for name, options in modes.items():
-        events: list = []
-        cfg = TrainConfig(model=str(model_dir), data=str(data), max_steps=steps, batch_size=4, max_seq_len=64,
-                          dtype="float32", save_every=0, output_dir=str(tmp_path / f"run-{name}"),
-                          warmup_steps=0, learning_rate=1e-3, **options)
-        result = run(cfg, events.append, threading.Event(), settings=Settings(runs_dir=str(tmp_path)))
-        assert result.ok, result.reason
-        runs[name] = ([e.loss for e in events if type(e).__name__ == "StepLogged"],
-                      [e.message for e in events
-                       if type(e).__name__ == "LogLine" and "attention:" in e.message])
-    return runs
-
+    return train_runs(tmp_path, modes, lambda message: "attention:" in message, steps)
 
 def test_a_run_with_matmul_attention_matches_sdpa(tmp_path: Path) -> None:
     runs = _runs(tmp_path, {"sdpa": {"attention": "sdpa"}, "matmul": {"attention": "matmul"},

@@ -3,7 +3,6 @@ gradients within tolerance of autograd, keep less for backward, and step aside f
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -167,34 +166,13 @@ def test_compiled_layers_take_the_original_forms_back(monkeypatch: pytest.Monkey
 def fused_runs(tmp_path: Path, log_prefix: str, steps: int) -> dict[str, tuple[list[float], list[str]]]:
     """A tiny Llama trained in fp32 with fused "off" and "on": per mode, the step losses and the log lines that
     start with ``log_prefix``."""
-    from llamaforge_tui.core.settings import Settings
-    from llamaforge_tui.core.train.config import TrainConfig
-    from llamaforge_tui.core.train.trainer import run
-    from tests.fixtures.train_models import make_tiny_llama, write_qa_jsonl
+    from tests.fixtures.train_models import train_runs
 
-    model_dir = make_tiny_llama(tmp_path / "model")
-    data = write_qa_jsonl(tmp_path / "qa.jsonl", repeat=2)
-    runs = {}
-    for mode in ("off", "on"):
-        events: list = []
-        cfg = TrainConfig(model=str(model_dir), data=str(data), max_steps=steps, batch_size=4, max_seq_len=64,
-                          dtype="float32", save_every=0, fused=mode, output_dir=str(tmp_path / f"run-{mode}"),
-                          warmup_steps=0, learning_rate=1e-3)
-        result = run(cfg, events.append, threading.Event(), settings=Settings(runs_dir=str(tmp_path)))
-        assert result.ok, result.reason
-        runs[mode] = ([e.loss for e in events if type(e).__name__ == "StepLogged"],
-                      [e.message for e in events
-                       if type(e).__name__ == "LogLine" and e.message.startswith(log_prefix)])
-    return runs
-
+    return train_runs(tmp_path, {mode: {"fused": mode} for mode in ("off", "on")},
+                      lambda message: message.startswith(log_prefix), steps)
 
 def test_a_run_says_what_was_fused_and_matches_an_unfused_run(tmp_path: Path) -> None:
     """Through the trainer, fp32: the run's log names the fused modules, and its losses equal the unfused run's."""
-    from llamaforge_tui.core.settings import Settings
-    from llamaforge_tui.core.train.config import TrainConfig
-    from llamaforge_tui.core.train.trainer import run
-    from tests.fixtures.train_models import make_tiny_llama, write_qa_jsonl
-
     runs = fused_runs(tmp_path, "fused norms", steps=4)
     assert runs["off"][1] == ["fused norms/activations: off"]
     assert runs["on"][1] and "norms" in runs["on"][1][0] and "MLPs" in runs["on"][1][0]
