@@ -158,6 +158,7 @@ async def test_compare_fits_80x24(tmp_path: Path) -> None:
         app.push_screen(CompareScreen([a, b]))
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.comparison is not None,
                        what="compared")
-        await pilot.pause()
+        # filled in that callback, shown at a later refresh: wait for the title rather than one pause
+        await wait_for(pilot, lambda: "runs; 1 config value(s) differ" in screen_text(app), what="comparison shown")
         text = screen_text(app)
         assert "learning_rate" in text and "runs; 1 config value(s) differ" in text

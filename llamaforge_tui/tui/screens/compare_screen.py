@@ -129,11 +129,14 @@ class CompareScreen(ModalScreen[None]):
     def _fill(self) -> None:
         assert self.comparison is not None
         table = self.query_one("#compare-table", DataTable)
+        rows = table_rows(self.comparison, all_keys=self.all_keys)
         table.clear(columns=True)
-        table.add_column("")
+        # The key column gets its width up front: auto-sized under an empty header, it was sometimes drawn blank
+        # (its width still 0 at the first paint, about 1 run in 6 of test_compare_fits_80x24).
+        table.add_column("", width=max((len(label) + 2 for label, _, _ in rows), default=2))
         for run in self.comparison.runs:
             table.add_column(run.run_id)
-        for label, cells, differs in table_rows(self.comparison, all_keys=self.all_keys):
+        for label, cells, differs in rows:
             style = "bold reverse" if differs else ""
             table.add_row(Text(("≠ " if differs else "  ") + label, style=style),
                           *(Text(c, style=style) for c in cells))
